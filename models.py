@@ -1,0 +1,183 @@
+"""The DDPM U-Net (Ho et al. appendix B): a Wide-ResNet U-Net with sinusoidal time embeddings.
+
+``UNet(**cfg.model)`` builds it from a config's ``model:`` section; ``model(x, t)`` maps images
+x (B, C, H, W) and integer timesteps t (B,) to a prediction of the same shape as x.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attention import SpatialSelfAttention, group_norm
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Transformer position encoding of the timestep (Vaswani et al. sec. 3.5, as in Ho et al.).
+
+    Returns (B, dim): [sin(t w_0) .. sin(t w_{h-1}), cos(t w_0) .. cos(t w_{h-1})] with
+    w_i = max_period^(-i / (h - 1)), h = dim / 2.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv twice, conditioned on the time embedding, with a residual connection."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_ch: int, dropout: float, norm_groups: int, scale_shift: bool
+    ) -> None:
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.norm1 = group_norm(in_ch, norm_groups, f"a residual block ({in_ch} -> {out_ch} channels)")
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_ch, 2 * out_ch if scale_shift else out_ch)
+        self.norm2 = group_norm(out_ch, norm_groups, f"a residual block ({in_ch} -> {out_ch} channels)")
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb_proj(emb)[:, :, None, None]
+        if self.scale_shift:  # improved-diffusion: norm(h) * (1 + scale) + shift
+            scale, shift = e.chunk(2, dim=1)
+            h = F.silu(torch.addcmul(shift, self.norm2(h), 1 + scale))
+        else:  # Ho et al.: add a per-channel bias
+            h = F.silu(self.norm2(h + e))
+        return self.skip(x) + self.conv2(self.dropout(h))
+
+
+class ResAttnBlock(nn.Module):
+    """A residual block optionally followed by self-attention."""
+
+    def __init__(self, res: ResBlock, attn: SpatialSelfAttention | None) -> None:
+        super().__init__()
+        self.res = res
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = self.res(x, emb)
+        return self.attn(x) if self.attn is not None else x
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour upsampling, then a 3x3 convolution."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """The DDPM U-Net. Keyword arguments are the keys of a config's ``model:`` section."""
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        in_channels: int = 3,
+        base_channels: int = 128,
+        channel_mult: list[int] | tuple[int, ...] = (1, 2, 2, 2, 4),
+        num_res_blocks: int = 2,
+        attention_resolutions: list[int] | tuple[int, ...] = (16,),
+        num_heads: int = 1,
+        head_dim: int | None = None,
+        dropout: float = 0.1,
+        norm_groups: int = 32,
+        scale_shift: bool = False,
+    ) -> None:
+        super().__init__()
+        if image_size % 2 ** (len(channel_mult) - 1):
+            raise ValueError(f"model.image_size ({image_size}) must be divisible by 2^{len(channel_mult) - 1}")
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.base_channels = base_channels
+        emb_ch = 4 * base_channels
+
+        def block(cin: int, cout: int, res: int) -> ResAttnBlock:
+            attn = (
+                SpatialSelfAttention(cout, num_heads, head_dim, norm_groups) if res in attention_resolutions else None
+            )
+            return ResAttnBlock(ResBlock(cin, cout, emb_ch, dropout, norm_groups, scale_shift), attn)
+
+        self.time_mlp = nn.Sequential(
+            nn.Linear(base_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)
+        )
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        # Down path: every block's output is kept for a skip connection.
+        self.down = nn.ModuleList()
+        skip_chs = [base_channels]
+        ch, res = base_channels, image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(block(ch, base_channels * mult, res))
+                ch = base_channels * mult
+                skip_chs.append(ch)
+            if level != len(channel_mult) - 1:
+                self.down.append(Downsample(ch))
+                skip_chs.append(ch)
+                res //= 2
+
+        self.mid = nn.ModuleList([
+            ResAttnBlock(
+                ResBlock(ch, ch, emb_ch, dropout, norm_groups, scale_shift),
+                SpatialSelfAttention(ch, num_heads, head_dim, norm_groups),
+            ),
+            ResAttnBlock(ResBlock(ch, ch, emb_ch, dropout, norm_groups, scale_shift), None),
+        ])
+
+        # Up path: each block concatenates one skip; each level but the last ends with an upsample.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(block(ch + skip_chs.pop(), base_channels * mult, res))
+                ch = base_channels * mult
+            if level != 0:
+                self.up.append(Upsample(ch))
+                res *= 2
+
+        self.norm_out = group_norm(ch, norm_groups, "the output block")
+        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # The time embedding goes through its MLP and SiLU once; each block applies only a Linear.
+        emb = F.silu(self.time_mlp(sinusoidal_embedding(t, self.base_channels).to(x.dtype)))
+        h = self.conv_in(x)
+        skips = [h]
+        for module in self.down:
+            h = module(h, emb)
+            skips.append(h)
+        for module in self.mid:
+            h = module(h, emb)
+        for module in self.up:
+            if isinstance(module, Upsample):
+                h = module(h)
+            else:
+                h = module(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
