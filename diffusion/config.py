@@ -172,6 +172,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise bad
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)
@@ -276,6 +281,17 @@ def validate(cfg: Config, source: str = "config") -> Config:
             f"{source}: model.image_size ({m.image_size}) must be divisible by 2^{len(m.channel_mult) - 1}"
             f" for {len(m.channel_mult)} levels (model.channel_mult)"
         )
+    for mult in m.channel_mult:
+        if (m.base_channels * mult) % m.norm_groups:
+            raise ConfigError(
+                f"{source}: model.norm_groups ({m.norm_groups}) must divide every level's channels"
+                f" (base_channels * channel_mult = {m.base_channels} * {mult})"
+            )
+        channels = m.base_channels * mult
+        if m.head_dim is not None and channels % m.head_dim:
+            raise ConfigError(f"{source}: model.head_dim ({m.head_dim}) must divide every level's channels ({channels})")
+        if m.head_dim is None and channels % m.num_heads:
+            raise ConfigError(f"{source}: model.num_heads ({m.num_heads}) must divide every level's channels ({channels})")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"{source}: model.dropout: expected a value in [0, 1), got {m.dropout}")
     if not 0.0 <= cfg.train.ema_decay < 1.0:

@@ -1,0 +1,128 @@
+"""The U-Net and its attention: shapes, conditioning, gradients, the paper's parameter count."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attention import SpatialSelfAttention
+from diffusion.config import load_config
+from models import UNet, sinusoidal_embedding
+
+TINY = dict(image_size=8, in_channels=3, base_channels=16, channel_mult=[1, 2], num_res_blocks=1,
+            attention_resolutions=[4], norm_groups=4, dropout=0.0)
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Replace every parameter (the zero-initialised ones too) with small random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("preset", ["digits", "ddpm_cifar10", "config"])
+def test_preset_output_shapes(repo_root, preset):
+    cfg = load_config(repo_root / "Configs" / f"{preset}.yaml")
+    model = UNet(**cfg.to_dict()["model"]).eval()
+    size, ch = cfg.model.image_size, cfg.model.in_channels
+    for batch in (1, 3):
+        x = torch.randn(batch, ch, size, size)
+        with torch.no_grad():
+            assert model(x, torch.randint(0, 1000, (batch,))).shape == x.shape
+
+
+def test_ddpm_cifar10_has_the_papers_35_7m_parameters(repo_root):
+    cfg = load_config(repo_root / "Configs" / "ddpm_cifar10.yaml")
+    n = sum(p.numel() for p in UNet(**cfg.to_dict()["model"]).parameters())
+    assert abs(n - 35.7e6) / 35.7e6 < 0.005, n
+
+
+def test_output_is_zero_at_initialisation():
+    """The output conv is zero-initialised, so an untrained model predicts zero."""
+    model = UNet(**TINY)
+    assert model(torch.randn(2, 3, 8, 8), torch.tensor([3, 700])).abs().max().item() == 0.0
+
+
+def test_residual_blocks_start_as_identity():
+    model = UNet(**TINY)
+    block = model.down[0].res
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(block(x, torch.randn(2, 64)), x)
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_output_depends_on_t(scale_shift):
+    model = randomize_(UNet(**TINY, scale_shift=scale_shift)).eval()
+    x = torch.randn(1, 3, 8, 8).repeat(2, 1, 1, 1)
+    out = model(x, torch.tensor([5, 900]))
+    assert (out[0] - out[1]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_every_parameter_receives_a_gradient(scale_shift):
+    model = randomize_(UNet(**TINY, scale_shift=scale_shift))
+    model(torch.randn(3, 3, 8, 8), torch.tensor([0, 10, 999])).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum().item() > 0, name
+
+
+def test_attention_is_placed_at_the_configured_resolutions():
+    model = UNet(image_size=16, in_channels=1, base_channels=8, channel_mult=[1, 1, 1], num_res_blocks=1,
+                 attention_resolutions=[8], norm_groups=4)
+    down = [m.attn is not None for m in model.down if hasattr(m, "attn")]
+    assert down == [False, True, False]  # resolutions 16, 8, 4
+    up = [m.attn is not None for m in model.up if hasattr(m, "attn")]
+    assert up == [False, False, True, True, False, False]  # 4, 4, 8, 8, 16, 16
+    assert model.mid[0].attn is not None
+
+
+def test_dropout_is_active_in_train_mode_only():
+    model = randomize_(UNet(**{**TINY, "dropout": 0.5}))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+    model.train()
+    assert not torch.equal(model(x, t), model(x, t))
+    model.eval()
+    assert torch.equal(model(x, t), model(x, t))
+
+
+def test_norm_groups_that_do_not_divide_are_named():
+    with pytest.raises(ValueError, match="norm_groups"):
+        UNet(**{**TINY, "norm_groups": 5})
+
+
+def test_sinusoidal_embedding_closed_form():
+    t = torch.tensor([0, 1, 37, 999])
+    emb = sinusoidal_embedding(t, 16)
+    half = 8
+    for row, tv in enumerate(t.tolist()):
+        for i in range(half):
+            w = 10_000 ** (-i / (half - 1))
+            assert emb[row, i].item() == pytest.approx(math.sin(tv * w), abs=1e-4)
+            assert emb[row, half + i].item() == pytest.approx(math.cos(tv * w), abs=1e-4)
+
+
+@pytest.mark.parametrize("heads,head_dim", [(1, None), (4, None), (1, 8)])
+def test_attention_equals_naive_softmax_reference(heads, head_dim):
+    torch.manual_seed(0)
+    c, h, w = 32, 4, 5
+    attn = randomize_(SpatialSelfAttention(c, num_heads=heads, head_dim=head_dim, norm_groups=8)).double()
+    x = torch.randn(2, c, h, w, dtype=torch.float64)
+    n_heads = c // head_dim if head_dim else heads
+    d = c // n_heads
+    # Reference: tokens = pixels; per head softmax(Q K^T / sqrt(d)) V; then the output projection.
+    normed = torch.nn.functional.group_norm(x, 8, attn.norm.weight, attn.norm.bias, attn.norm.eps)
+    tokens = normed.flatten(2).transpose(1, 2)  # (B, HW, C)
+    w_qkv = attn.qkv.weight.reshape(3 * c, c)
+    q, k, v = (tokens @ w_qkv.T + attn.qkv.bias).split(c, dim=-1)
+    outs = []
+    for i in range(n_heads):
+        sl = slice(i * d, (i + 1) * d)
+        weights = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(d), dim=-1)
+        outs.append(weights @ v[..., sl])
+    out = torch.cat(outs, dim=-1) @ attn.proj.weight.reshape(c, c).T + attn.proj.bias
+    expected = x + out.transpose(1, 2).reshape(2, c, h, w)
+    torch.testing.assert_close(attn(x), expected, rtol=1e-9, atol=1e-9)
