@@ -138,7 +138,8 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}[item]
     if _is_optional(tp):
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         return f"{_describe(inner)} or null"
@@ -360,3 +361,17 @@ def field_docs() -> list[tuple[str, str, Any, str]]:
         for f, tp in typing.get_type_hints(cls).items():
             rows.append((f"{section}.{f}", _describe(tp), getattr(defaults, f), comments.get(f, "")))
     return rows
+
+
+def markdown_table() -> str:
+    """The README's table of every config key, generated from the dataclasses above."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, kind, default, comment in field_docs():
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        comment = comment.replace("<", "&lt;").replace(">", "&gt;")
+        lines.append(f"| `{key}` | {kind} | `{shown or chr(34) * 2}` | {comment} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m diffusion.config: print the config table for the README
+    print(markdown_table())

@@ -68,7 +68,7 @@ def test_overrides_are_converted_to_the_field_type(repo_root):
         (["train.compile=maybe"], "train.compile: expected true or false"),
         (["diffusion.schedule=quadratic"], "expected one of 'linear', 'cosine'"),
         (["train.lr"], "expected section.key=value"),
-        (["model.channel_mult=2"], "expected a list of an integer"),
+        (["model.channel_mult=2"], "expected a list of integers"),
         (["train.batch_size=0"], "train.batch_size: expected a positive value"),
         (["model.norm_groups=5"], "model.norm_groups (5) must divide"),
         (["model.image_size=32"], "model.image_size (32) must equal data.image_size (16)"),
