@@ -1,0 +1,329 @@
+"""Reverse-process samplers: DDPM ancestral sampling, DDIM and DPM-Solver++(2M).
+
+Each sampler is a generator over the reverse steps. It draws x_T from a noise source, calls the
+network once per step and yields a :class:`ReverseStep` holding the predicted clean image and the
+new, less noisy sample, so one code path drives sample grids, animations and notebooks.
+:func:`generate` runs a sampler over batches and returns the final images.
+
+Timesteps (code convention of :mod:`diffusion.schedule`: t = 0..T-1)
+--------------------------------------------------------------------
+A sampler with S steps visits ``timestep_sequence(T, S)``: S integers from T-1 down to 0, strictly
+decreasing, spaced quadratically (dense near t = 0). Step i moves from t_i to t_{i+1}; the last step
+moves from t = 0 to the data, where alpha_bar = 1 (there the new sample *is* the predicted x0).
+With S = T this is every timestep, and the ddpm sampler is exactly Ho et al.'s Algorithm 2; with
+S < T every sampler works on the respaced pairs (t_i, t_{i+1}) through alpha_bar alone
+(Nichol & Dhariwal 2021, sec. 4).
+
+Noise
+-----
+Sample i draws all its noise (x_T and any per-step noise) from its own generator seeded by
+(seed, i), so a sample does not depend on the batch it is generated in, nor on the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffusion.schedule import NoiseSchedule
+
+SamplerName = Literal["ddpm", "ddim", "dpm++"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
+NoiseSource = Callable[[], torch.Tensor]  # each call returns the next (B, C, H, W) standard normal draw
+
+
+@dataclass(frozen=True)
+class ReverseStep:
+    """One step of the reverse process."""
+
+    index: int  # 0..S-1
+    t: int  # the (code) timestep the network saw
+    x: torch.Tensor  # the sample after this step: at the next timestep, or the final image after the last step
+    x0: torch.Tensor  # the clean image predicted at t (clipped to [-1, 1] when clip_denoised)
+
+
+def timestep_sequence(timesteps: int, steps: int) -> list[int]:
+    """The S timesteps a sampler visits, from T-1 down to 0, strictly decreasing.
+
+    Quadratic spacing (Song et al. sec. D.2, their choice for CIFAR-10): t_i = (T-1) (1 - i/(S-1))^2
+    rounded, so steps are dense near t = 0 where the fine detail forms. Where rounding makes
+    neighbours collide (S above about sqrt(T)), t_i is raised to t_{i+1} + 1, going up from t = 0;
+    since the targets lie below the line (T-1) - i, this never passes T-1 - i, so t_0 = T-1 and
+    S = T visits every timestep. S = 1 is a single jump from T-1 to the data.
+    """
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must be in 1..{timesteps} (the schedule's T), got {steps}")
+    if steps == 1:
+        return [timesteps - 1]
+    targets = [round((timesteps - 1) * (1 - i / (steps - 1)) ** 2) for i in range(steps)]
+    sequence = [0]
+    for target in reversed(targets[:-1]):
+        sequence.append(max(target, sequence[-1] + 1))
+    return sequence[::-1]
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index``'s noise stream: (seed, index) mixed by numpy's SeedSequence."""
+    return int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0])
+
+
+class NoiseStreams:
+    """Independent standard-normal streams, one per sample, on ``device``.
+
+    Calling it returns the next draw of every stream, stacked to (B, *shape). Sample i's stream
+    depends only on (seed, i). The generators live on the device, so nothing crosses the bus.
+    """
+
+    def __init__(self, seed: int, indices: Sequence[int], shape: Sequence[int], device: torch.device | str) -> None:
+        self.shape = tuple(shape)
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(self.device).manual_seed(stream_seed(seed, i)) for i in indices]
+
+    def __call__(self) -> torch.Tensor:
+        return torch.stack([torch.randn(self.shape, generator=g, device=self.device) for g in self.generators])
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain network inside torch.compile / DistributedDataParallel / AveragedModel wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def uses_channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's convolution weights are stored channels-last."""
+    return any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in model.parameters()
+    )
+
+
+Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def make_denoiser(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    clip_denoised: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+) -> Denoiser:
+    """The network as the samplers see it: (x_t, t) -> (predicted x0, predicted eps), float32.
+
+    Any objective (eps, x0, v) is converted by ``schedule.predict_x0_eps``. With ``clip_denoised``
+    x0 is clipped to [-1, 1] and eps recomputed from the clipped x0 (eq. 4 solved for eps), so every
+    sampler's update uses the clipped prediction. The model is called under ``autocast_dtype``
+    (None: full precision) and with channels-last inputs when its weights are channels-last.
+    """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module  # no gradient synchronisation needed for sampling
+    channels_last = uses_channels_last(model)
+
+    def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        net_input = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            output = model(net_input, t_batch)
+        x0, eps = schedule.predict_x0_eps(output.float(), x, t_batch)
+        if clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = schedule.eps_from_x0(x, t_batch, x0)
+        return x0, eps
+
+    return denoise
+
+
+def _step_pairs(alpha_bar: list[float], timesteps: list[int]) -> Iterator[tuple[int, int, float, float]]:
+    """(index, t, alpha_bar_t, alpha_bar_s) for each step t -> s; s after the last step is the data."""
+    for i, t in enumerate(timesteps):
+        ab_next = alpha_bar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
+        yield i, t, alpha_bar[t], ab_next
+
+
+@torch.inference_mode()
+def ddpm_steps(
+    denoise: Denoiser,
+    alpha_bar: list[float],
+    timesteps: list[int],
+    noise: NoiseSource,
+    variance: Literal["beta", "beta_tilde"] = "beta",
+) -> Iterator[ReverseStep]:
+    """Ho et al. Algorithm 2: x_s = mu_tilde(x_t, x0_hat) + sigma z, z = 0 at the last step.
+
+    For a step t -> s, with beta = 1 - alpha_bar_t / alpha_bar_s (beta_t itself when s = t-1),
+    Ho et al. eq. 7 gives the posterior mean
+        mu_tilde = sqrt(alpha_bar_s) beta / (1 - alpha_bar_t) x0 + sqrt(1 - beta) (1 - alpha_bar_s) / (1 - alpha_bar_t) x_t
+    and sigma^2 is beta ("beta", the paper's choice for CIFAR-10 and CelebA) or
+    beta_tilde = (1 - alpha_bar_s) / (1 - alpha_bar_t) beta ("beta_tilde"; sec. 3.2).
+    """
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"unknown ddpm variance {variance!r}: expected 'beta' or 'beta_tilde'")
+    x = noise()
+    for i, t, ab_t, ab_s in _step_pairs(alpha_bar, timesteps):
+        x0, _ = denoise(x, t)
+        beta = 1.0 - ab_t / ab_s
+        x = (math.sqrt(ab_s) * beta / (1 - ab_t)) * x0 + (math.sqrt(1 - beta) * (1 - ab_s) / (1 - ab_t)) * x
+        if ab_s < 1.0:  # not the last step
+            var = beta if variance == "beta" else beta * (1 - ab_s) / (1 - ab_t)
+            x = x + math.sqrt(var) * noise()
+        yield ReverseStep(i, t, x, x0)
+
+
+@torch.inference_mode()
+def ddim_steps(
+    denoise: Denoiser,
+    alpha_bar: list[float],
+    timesteps: list[int],
+    noise: NoiseSource,
+    eta: float = 0.0,
+) -> Iterator[ReverseStep]:
+    """Song et al. eq. 12: x_s = sqrt(alpha_bar_s) x0 + sqrt(1 - alpha_bar_s - sigma^2) eps + sigma z.
+
+    sigma = eta sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_s)
+    (Song et al. eq. 16): eta = 0 is deterministic given x_T, eta = 1 is the DDPM posterior with
+    variance beta_tilde. Noise is drawn only where sigma > 0.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    x = noise()
+    for i, t, ab_t, ab_s in _step_pairs(alpha_bar, timesteps):
+        x0, eps = denoise(x, t)
+        sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))
+        x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * noise()
+        yield ReverseStep(i, t, x, x0)
+
+
+@torch.inference_mode()
+def dpm_solver_pp_2m_steps(
+    denoise: Denoiser,
+    alpha_bar: list[float],
+    timesteps: list[int],
+    noise: NoiseSource,
+) -> Iterator[ReverseStep]:
+    """DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095) Algorithm 2, data prediction.
+
+    With alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t), lambda_t = log(alpha_t / sigma_t)
+    and h = lambda_s - lambda_t, a step t -> s is
+        x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,
+    with D = x0_t at the first step and D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev after it, r = h_prev / h.
+    The last step goes to sigma = 0 (h = inf), where the update is x_s = x0_t.
+    """
+    x = noise()
+    h_prev, x0_prev = 0.0, None
+    for i, t, ab_t, ab_s in _step_pairs(alpha_bar, timesteps):
+        x0, _ = denoise(x, t)
+        if ab_s >= 1.0:
+            x = x0
+        else:
+            h = 0.5 * (math.log(ab_s / (1 - ab_s)) - math.log(ab_t / (1 - ab_t)))
+            if x0_prev is None:
+                d = x0
+            else:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x = math.sqrt((1 - ab_s) / (1 - ab_t)) * x - math.sqrt(ab_s) * math.expm1(-h) * d
+            h_prev, x0_prev = h, x0
+        yield ReverseStep(i, t, x, x0)
+
+
+def reverse_process(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    noise: NoiseSource,
+    *,
+    sampler: SamplerName = "dpm++",
+    steps: int = 20,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    ddpm_variance: Literal["beta", "beta_tilde"] = "beta",
+    autocast_dtype: torch.dtype | None = None,
+) -> Iterator[ReverseStep]:
+    """The reverse steps of ``sampler`` with S = ``steps`` network calls, starting from x_T = noise().
+
+    ``model`` should be in eval mode and on the device of ``noise``; ``schedule`` on any device.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    timesteps = timestep_sequence(schedule.timesteps, steps)
+    alpha_bar = schedule.alpha_bar.tolist()
+    denoise = make_denoiser(model, schedule, clip_denoised, autocast_dtype)
+    if sampler == "ddpm":
+        return ddpm_steps(denoise, alpha_bar, timesteps, noise, ddpm_variance)
+    if sampler == "ddim":
+        return ddim_steps(denoise, alpha_bar, timesteps, noise, eta)
+    return dpm_solver_pp_2m_steps(denoise, alpha_bar, timesteps, noise)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(unwrap(model).parameters()).device
+
+
+def generate(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    num_samples: int,
+    *,
+    sampler: SamplerName = "dpm++",
+    steps: int = 20,
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    clip_denoised: bool = True,
+    ddpm_variance: Literal["beta", "beta_tilde"] = "beta",
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    on_step: Callable[[range, ReverseStep], None] | None = None,
+) -> torch.Tensor:
+    """Generate ``num_samples`` images (N, C, H, W) on the CPU, in [-1, 1] when ``clip_denoised``.
+
+    The shape comes from the network's ``in_channels`` and ``image_size``; ``device`` defaults to
+    the model's. Sample i is generated from stream (seed, i) whatever ``batch_size`` is.
+    ``on_step(sample_indices, step)`` is called after every reverse step of every batch (for
+    animations). The model is put in eval mode while sampling and restored afterwards.
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples}, {batch_size}")
+    net = unwrap(model)
+    shape = (net.in_channels, net.image_size, net.image_size)
+    device = torch.device(device) if device is not None else model_device(model)
+    schedule = schedule_on(schedule, device)
+    num_batches = math.ceil(num_samples / batch_size)
+    bar = tqdm(total=num_batches * steps, desc=f"{sampler} {steps} steps", unit="step", disable=not progress)
+    was_training = model.training
+    model.eval()
+    images = torch.empty((num_samples, *shape))
+    try:
+        for start in range(0, num_samples, batch_size):
+            batch = range(start, min(start + batch_size, num_samples))
+            noise = NoiseStreams(seed, batch, shape, device)
+            for step in reverse_process(
+                model, schedule, noise, sampler=sampler, steps=steps, eta=eta,
+                clip_denoised=clip_denoised, ddpm_variance=ddpm_variance, autocast_dtype=autocast_dtype,
+            ):
+                if on_step is not None:
+                    on_step(batch, step)
+                bar.update()
+            images[batch.start : batch.stop] = step.x.float().cpu()
+    finally:
+        model.train(was_training)
+        bar.close()
+    return images
+
+
+def schedule_on(schedule: NoiseSchedule, device: torch.device) -> NoiseSchedule:
+    """``schedule`` with its tables on ``device`` (a moved copy; the caller's schedule is untouched)."""
+    if schedule.alpha_bar.device == device:
+        return schedule
+    copy = NoiseSchedule.__new__(NoiseSchedule)
+    copy.__dict__.update(vars(schedule))
+    return copy.to(device)
