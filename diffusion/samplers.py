@@ -68,6 +68,23 @@ def timestep_sequence(timesteps: int, steps: int) -> list[int]:
     return sequence[::-1]
 
 
+def animation_steps(timesteps: Sequence[int], num_frames: int) -> list[int]:
+    """Indices of the reverse steps shown by a ``num_frames``-frame animation, dense near t = 0.
+
+    Frame k of K shows the sample after the step whose timestep is nearest to
+    t_first (1 - k/(K-1))^2: quadratic in time, because the image forms late in the reverse
+    process. The first frame follows the first step, the last frame is the final image; with
+    fewer steps than frames a step is shown for several consecutive frames.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    last = len(timesteps) - 1
+    if num_frames == 1:
+        return [last]
+    targets = [timesteps[0] * (1 - k / (num_frames - 1)) ** 2 for k in range(num_frames)]
+    return [min(range(last + 1), key=lambda i: (abs(timesteps[i] - target), -i)) for target in targets]
+
+
 def stream_seed(seed: int, index: int) -> int:
     """The seed of sample ``index``'s noise stream: (seed, index) mixed by numpy's SeedSequence."""
     return int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0])
@@ -115,7 +132,7 @@ def make_denoiser(
     clip_denoised: bool = True,
     autocast_dtype: torch.dtype | None = None,
 ) -> Denoiser:
-    """The network as the samplers see it: (x_t, t) -> (predicted x0, predicted eps), float32.
+    """The network as the samplers see it: (x_t, t) -> (predicted x0, predicted eps) in the dtype of x_t.
 
     Any objective (eps, x0, v) is converted by ``schedule.predict_x0_eps``. With ``clip_denoised``
     x0 is clipped to [-1, 1] and eps recomputed from the clipped x0 (eq. 4 solved for eps), so every
@@ -131,7 +148,7 @@ def make_denoiser(
         net_input = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             output = model(net_input, t_batch)
-        x0, eps = schedule.predict_x0_eps(output.float(), x, t_batch)
+        x0, eps = schedule.predict_x0_eps(output.to(x.dtype), x, t_batch)
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
             eps = schedule.eps_from_x0(x, t_batch, x0)
