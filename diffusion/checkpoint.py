@@ -66,7 +66,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if "weights_only" in str(err) or "Unsupported" in str(err):
             reason = "it contains objects other than tensors and plain values (refused: loading it could run code)"
         raise CheckpointError(f"{path}: not a loadable checkpoint: {reason}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, LookupError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a checkpoint, or truncated/corrupt ({first})") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):

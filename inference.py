@@ -1,0 +1,93 @@
+"""Sample from a trained DDPM: a grid, optionally every image, and an animation of the denoising.
+
+    python inference.py --checkpoint Models/<run>            # the run's checkpoints/last.pt
+    python inference.py --checkpoint Models/<run>/checkpoints/step_0100000.pt --sampler ddim --steps 50
+
+Defaults come from the checkpoint's ``sample:`` config section; flags override them. Files go to
+``Models/<run>/samples/<timestamp>/`` unless ``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from diffusion.errors import UserError, run_cli
+from diffusion.generate import (
+    PRECISIONS,
+    VIDEO_FORMATS,
+    default_out_dir,
+    load_model,
+    resolve_device,
+    write_samples,
+)
+from diffusion.samplers import SAMPLERS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit code 2, like every other user error
+        raise UserError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (its checkpoints/last.pt)")
+    p.add_argument("--num-samples", type=_positive_int, help="images to generate (default: sample.num_samples)")
+    p.add_argument("--batch-size", type=_positive_int, help="images per network call (default: sample.batch_size)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="reverse process (default: sample.sampler)")
+    p.add_argument("--steps", type=_positive_int, help="network evaluations, at most T (default: sample.steps)")
+    p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default: sample.eta)")
+    p.add_argument("--seed", type=int, help="seed; sample i always gets noise stream (seed, i) (default: sample.seed)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default: train.precision)")
+    p.add_argument("--out", type=Path, help="output folder (default: <run>/samples/<timestamp>/)")
+    p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
+    p.add_argument("--save-images", action="store_true", help="write every sample to images/000000.png, ...")
+    p.add_argument("--video", choices=VIDEO_FORMATS, default="mp4", help="denoising animation format (default: mp4)")
+    p.add_argument("--frames", type=_positive_int, help="frames of the animation (default: sample.frames)")
+    p.add_argument("--fps", type=_positive_int, help="frames per second of the animation (default: sample.fps)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    loaded = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
+    overrides = {
+        "num_samples": args.num_samples, "batch_size": args.batch_size, "sampler": args.sampler,
+        "steps": args.steps, "eta": args.eta, "seed": args.seed, "frames": args.frames, "fps": args.fps,
+    }
+    options = dataclasses.replace(loaded.config.sample, **{k: v for k, v in overrides.items() if v is not None})
+    out_dir = args.out if args.out is not None else default_out_dir(loaded.path)
+    print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.weights} weights)")
+    print(
+        f"sampling {options.num_samples} images: {options.sampler}, {options.steps} steps, seed {options.seed}, "
+        f"on {device}",
+        flush=True,
+    )
+    record = write_samples(
+        loaded, options, out_dir,
+        precision=args.precision or loaded.config.train.precision,
+        grid=not args.no_grid, save_images=args.save_images, video=args.video, progress=True,
+    )
+    print(f"sampled in {record['sampling_seconds']:.1f} s ({record['precision']}); wrote {out_dir}/")
+    for name in [*record["files"], "samples.json"]:
+        count = f" ({options.num_samples} PNG files)" if name == "images" else ""
+        print(f"  {out_dir / name}{count}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,258 @@
+"""inference.py end to end on a tiny checkpoint trained here: files, flags, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, subprocess_env
+
+import inference
+from diffusion.checkpoint import save_checkpoint
+from diffusion.config import from_dict
+from diffusion.errors import run_cli
+from diffusion.schedule import NoiseSchedule
+from models import UNet
+
+TINY = {
+    "data": {"source": "digits", "image_size": 8},
+    "model": {"image_size": 8, "in_channels": 1, "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+              "attention_resolutions": [4], "norm_groups": 4, "dropout": 0.0},
+    "diffusion": {"timesteps": 40},
+    "sample": {"sampler": "ddpm", "steps": 40, "num_samples": 6, "batch_size": 4, "frames": 5, "fps": 4},
+    "log": {"sample_steps": 10},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run folder whose checkpoints/last.pt holds a U-Net trained 30 steps on 8x8 stripes;
+    its 'ema' entry is the weights after 15 steps, so --no-ema visibly changes the samples."""
+    cfg = from_dict(TINY, name="tiny")
+    torch.manual_seed(0)
+    model = UNet(**dataclasses.asdict(cfg.model))
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 8), torch.linspace(-1, 1, 8), indexing="ij")
+    angles = torch.rand(64) * 6.28
+    data = torch.tanh(3 * (xx * angles.cos()[:, None, None] + yy * angles.sin()[:, None, None]))[:, None]
+    for step in range(30):
+        loss = schedule.training_loss(model, data[torch.randint(0, 64, (16,))])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step == 14:
+            ema = {k: v.clone() for k, v in model.state_dict().items()}
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    save_checkpoint({"model": model.state_dict(), "ema": ema, "step": 30, "config": cfg.to_dict()},
+                    run / "checkpoints" / "last.pt")
+    return run
+
+
+def checkpoint_of(run: Path) -> Path:
+    return run / "checkpoints" / "last.pt"
+
+
+def sample(run_or_checkpoint: Path, out: Path, *flags: str) -> dict:
+    """inference.py's main in this process; returns its samples.json."""
+    assert inference.main(["--checkpoint", str(run_or_checkpoint), "--out", str(out), *flags]) == 0
+    return json.loads((out / "samples.json").read_text())
+
+
+def read_png(path: Path) -> np.ndarray:
+    return np.asarray(iio.imread(path))
+
+
+def test_cli_writes_grid_images_animation_and_log(tiny_run):
+    """The real command on a run folder: config defaults (ddpm, 40 steps, 6 images in batches of 4,
+    5 frames at 4 fps), files in <run>/samples/<timestamp>/, each one printed."""
+    done = subprocess.run(
+        [sys.executable, "inference.py", "--checkpoint", str(tiny_run), "--save-images"],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (out,) = (tiny_run / "samples").iterdir()
+    for name in ("grid.png", "images", "denoise.mp4", "samples.json"):
+        assert str(out / name) in done.stdout
+    assert "ddpm 40 steps" in done.stderr  # the progress bar
+
+    grid = read_png(out / "grid.png")
+    assert grid.shape == (2 * 10 + 2, 3 * 10 + 2)  # 6 images of 8x8 in 3 columns, 2-pixel borders
+    names = sorted(p.name for p in (out / "images").iterdir())
+    assert names == [f"{i:06d}.png" for i in range(6)]
+    for i, name in enumerate(names):  # image i is grid cell i
+        row, col = divmod(i, 3)
+        cell = grid[2 + 10 * row : 10 + 10 * row, 2 + 10 * col : 10 + 10 * col]
+        assert np.array_equal(read_png(out / "images" / name), cell)
+
+    video = imageio.get_reader(out / "denoise.mp4", format="FFMPEG")
+    assert video.count_frames() == 5 + 4  # K frames, then the final grid held for fps frames (1 s)
+    meta = video.get_meta_data()
+    assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p") and meta["fps"] == 4
+    assert meta["size"] == (32 * 12, 22 * 12)  # upscaled x12 (short side >= 256), already even
+    last = np.asarray(video.get_data(video.count_frames() - 1))[..., 0].astype(int)
+    assert np.abs(last[::12, ::12] - grid).mean() < 8  # the last frame is the final grid
+
+    record = json.loads((out / "samples.json").read_text())
+    assert record["checkpoint"] == str(checkpoint_of(tiny_run)) and record["step"] == 30
+    assert record["weights"] == "ema" and record["precision"] == "fp32" and record["device"] == "cpu"
+    assert (record["sampler"], record["steps"], record["eta"], record["seed"]) == ("ddpm", 40, 0.0, 0)
+    assert (record["num_samples"], record["batch_size"], record["frames"], record["fps"]) == (6, 4, 5, 4)
+    assert 0 < record["sampling_seconds"] <= record["wall_seconds"]
+
+
+def test_samples_depend_on_the_seed_not_on_the_batch_size(tiny_run, tmp_path):
+    common = ["--save-images", "--video", "none", "--no-grid", "--steps", "8"]
+    sample(tiny_run, tmp_path / "a", *common, "--batch-size", "6")
+    sample(tiny_run, tmp_path / "b", *common, "--batch-size", "1")
+    sample(tiny_run, tmp_path / "c", *common, "--batch-size", "4", "--seed", "1")
+    sample(tiny_run, tmp_path / "d", *common, "--num-samples", "2")
+    for i in range(6):
+        name = f"images/{i:06d}.png"
+        assert np.array_equal(read_png(tmp_path / "a" / name), read_png(tmp_path / "b" / name))
+        assert not np.array_equal(read_png(tmp_path / "a" / name), read_png(tmp_path / "c" / name))
+    assert sorted(p.name for p in (tmp_path / "d" / "images").iterdir()) == ["000000.png", "000001.png"]
+    assert np.array_equal(read_png(tmp_path / "d" / "images/000001.png"), read_png(tmp_path / "a" / "images/000001.png"))
+
+
+def test_flags_override_the_config(tiny_run, tmp_path):
+    record = sample(
+        checkpoint_of(tiny_run), tmp_path / "x",
+        "--sampler", "ddim", "--steps", "10", "--eta", "0.5", "--num-samples", "3", "--batch-size", "2",
+        "--precision", "bf16", "--device", "cpu", "--video", "gif", "--frames", "3", "--fps", "2", "--no-grid",
+    )
+    assert (record["sampler"], record["steps"], record["eta"]) == ("ddim", 10, 0.5)
+    assert (record["num_samples"], record["batch_size"], record["precision"]) == (3, 2, "bf16")
+    assert (record["frames"], record["fps"]) == (3, 2)
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["denoise.gif", "samples.json"]
+    gif = iio.imread(tmp_path / "x" / "denoise.gif", index=None)
+    assert gif.shape[1:3] == (22 * 12, 22 * 12) and 1 < len(gif) <= 3 + 2  # 3 frames + 1 s held (repeats merge)
+    assert record["files"] == ["denoise.gif"]
+
+
+def test_no_ema_samples_the_raw_weights(tiny_run, tmp_path):
+    ema = sample(tiny_run, tmp_path / "ema", "--video", "none", "--steps", "8")
+    raw = sample(tiny_run, tmp_path / "raw", "--video", "none", "--steps", "8", "--no-ema")
+    assert (ema["weights"], raw["weights"]) == ("ema", "model")
+    assert "frames" not in raw and raw["files"] == ["grid.png"]
+    assert not np.array_equal(read_png(tmp_path / "ema" / "grid.png"), read_png(tmp_path / "raw" / "grid.png"))
+
+
+def test_mp4_falls_back_to_gif_without_ffmpeg(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "no-ffmpeg-here"))
+    record = sample(tiny_run, tmp_path / "x", "--steps", "4", "--frames", "2")
+    assert record["files"] == ["grid.png", "denoise.gif"] and (tmp_path / "x" / "denoise.gif").is_file()
+
+
+# Bad input: one line on stderr, exit code 2 -----------------------------------------------
+
+
+def fails(argv: list[str], capsys) -> str:
+    """Run the CLI in this process through run_cli; return its one-line error message."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: inference.main(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture(scope="session")
+def broken(tiny_run, tmp_path_factory) -> dict[str, Path]:
+    """Files that are not usable checkpoints, each next to what makes it so."""
+    root = tmp_path_factory.mktemp("broken")
+    good = checkpoint_of(tiny_run).read_bytes()
+    state = torch.load(checkpoint_of(tiny_run), weights_only=True)
+    files = {"text": root / "notes.pt", "truncated": root / "truncated.pt", "mismatch": root / "mismatch.pt",
+             "no_ema": root / "no_ema.pt", "bad_config": root / "bad_config.pt"}
+    files["text"].write_text("these are not the weights you are looking for\n")
+    files["truncated"].write_bytes(good[: len(good) // 2])
+    wider = json.loads(json.dumps(state["config"]))
+    wider["model"]["base_channels"] = 16
+    save_checkpoint({**state, "config": wider}, files["mismatch"])
+    save_checkpoint({k: v for k, v in state.items() if k != "ema"}, files["no_ema"])
+    save_checkpoint({**state, "config": {**state["config"], "sample": {"sampler": "euler"}}}, files["bad_config"])
+    (root / "empty_run").mkdir()
+    files["empty_run"] = root / "empty_run"
+    return files
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "no such checkpoint file or run folder"),
+        ("empty_run", "run folder has no checkpoints/last.pt"),
+        ("text", "not a checkpoint"),
+        ("truncated", "truncated"),
+        ("mismatch", "do not match the model its config describes: 127 tensors differ in shape"),
+        ("no_ema", "has no 'ema' weights (use --no-ema"),
+        ("bad_config", "sample.sampler: expected one of"),
+    ],
+)
+def test_unusable_checkpoints_are_one_line_errors(case, expected, broken, tmp_path, capsys):
+    path = broken.get(case, tmp_path / "nowhere" / "last.pt")
+    err = fails(["--checkpoint", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert str(path) in err and expected in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--num-samples", "0"], "argument --num-samples: expected a positive integer, got 0"),
+        (["--batch-size", "-3"], "argument --batch-size: expected a positive integer, got -3"),
+        (["--steps", "0"], "argument --steps: expected a positive integer, got 0"),
+        (["--frames", "-1"], "argument --frames: expected a positive integer, got -1"),
+        (["--fps", "0"], "argument --fps: expected a positive integer, got 0"),
+        (["--steps", "many"], "argument --steps: expected a positive integer, got 'many'"),
+        (["--steps", "41"], "sample.steps (--steps): 41 is more than the model's diffusion.timesteps (40)"),
+        (["--eta", "1.5"], "sample.eta (--eta): expected a value in [0, 1], got 1.5"),
+        (["--eta", "-0.1"], "sample.eta (--eta): expected a value in [0, 1], got -0.1"),
+        (["--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
+        (["--device", "tpu"], "device 'tpu': expected auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(flags, expected, tiny_run, tmp_path, capsys):
+    err = fails(["--checkpoint", str(tiny_run), "--out", str(tmp_path / "out"), *flags], capsys)
+    assert expected in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_a_missing_gpu_is_a_one_line_error(tiny_run, tmp_path, capsys):
+    assert "CUDA is not available" in fails(["--checkpoint", str(tiny_run), "--device", "cuda"], capsys)
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tiny_run, tmp_path):
+    state = torch.load(checkpoint_of(tiny_run), weights_only=True)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({**state, "ema": _Payload(marker)}, evil)
+    done = subprocess.run(
+        [sys.executable, "inference.py", "--checkpoint", str(evil), "--out", str(tmp_path / "out")],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"error: {evil}: ") and "refused" in done.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    torch.load(evil, weights_only=False)  # the payload is real: an unsafe load runs it
+    assert marker.exists()
