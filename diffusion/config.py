@@ -81,7 +81,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     sampler: Literal["ddpm", "ddim", "dpm++"] = "ddpm"  # reverse process used by inference.py
-    steps: int = 1000  # network evaluations (ddpm always uses all T steps)
+    steps: int = 1000  # network evaluations, at most T; fewer than T respaces the ddpm sampler too (Nichol & Dhariwal sec. 4)
     eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     ddpm_variance: Literal["beta", "beta_tilde"] = "beta"  # reverse variance of the ddpm sampler (Ho et al. sec. 3.2)
     clip_denoised: bool = True  # clip the predicted x0 to [-1, 1] at every step
