@@ -1,0 +1,62 @@
+"""Exponential moving average (EMA) of a model's weights, with a warmup of the decay.
+
+After ``n`` updates the next update is ``ema <- d_n * ema + (1 - d_n) * weights`` with
+
+    d_n = min(decay, (1 + n) / (10 + n)),
+
+the warmup of TensorFlow's ``ExponentialMovingAverage(num_updates=n)``: d_0 = 0.1, d_10 = 0.55,
+d_100 = 0.92, d_1000 = 0.991, so the average follows the fast-moving early weights and early EMA
+samples are not noise, and only after ~(10 d - 1) / (1 - d) updates does the full ``decay`` apply.
+
+``torch.optim.swa_utils.AveragedModel`` keeps its update count on the device and reads it back
+before every update (a host sync on CUDA each step), and its state dict carries a ``module.``
+prefix; this class keeps the count on the host and its ``state_dict`` is a plain model state
+dict, loadable straight into the network class.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """The decay of the update that follows ``updates`` earlier ones (module docstring)."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+class EMA:
+    """An EMA copy of ``model`` (parameters and floating-point buffers; other buffers copied)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @property
+    def current_decay(self) -> float:
+        """The decay the next :meth:`update` will use."""
+        return ema_decay(self.decay, self.updates)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = self.current_decay
+        averaged, current = [], []
+        for mine, theirs in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if mine.is_floating_point():
+                averaged.append(mine)
+                current.append(theirs.detach())
+            else:
+                mine.copy_(theirs)
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)  # ema + (1 - d) (w - ema)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights, as a plain state dict of the model class."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], updates: int) -> None:
+        self.module.load_state_dict(state)
+        self.updates = updates

@@ -1,0 +1,494 @@
+"""The training loop behind ``train.py``: ``train(cfg, resume)`` runs or resumes one run.
+
+One optimizer step (Ho et al. Algorithm 1, with the DDPM recipe of their appendix B):
+
+* ``train.grad_accum`` micro-batches of ``train.batch_size`` images per process, each with its
+  own t ~ U{0..T-1} and noise, loss ``schedule.training_loss`` (L_simple, Ho et al. eq. 14, for
+  the ``eps`` objective), under autocast for ``bf16``/``fp16`` (``fp16`` with a ``GradScaler``);
+* gradient all-reduce across processes (DistributedDataParallel), clipping of the global
+  gradient norm to ``train.grad_clip``;
+* AdamW at ``lr_n = train.lr * min(1, n / train.warmup_steps)`` for the n-th step (n = 1, 2, ...),
+  constant after the warmup as in Ho et al.;
+* every ``train.ema_every`` steps an EMA update (:mod:`diffusion.ema`).
+
+The run folder ``<log.root>/<log.run_name>/`` holds ``config.yaml`` (the resolved config),
+``checkpoints/`` (``step_XXXXXXX.pt``, the newest ``train.keep_checkpoints`` kept, and
+``last.pt``), ``tensorboard/`` and ``samples/step_XXXXXXX.png``. A new run refuses an existing
+folder; ``resume`` continues one. A checkpoint holds everything the next step depends on
+(weights, EMA, optimizer, scaler, data position, every process's RNG states), so on the CPU a
+run stopped after N steps and resumed for N more ends bitwise-identical to 2N uninterrupted steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import random
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from diffusion import distributed
+from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from diffusion.config import Config, TrainConfig
+from diffusion.data import BatchIterator, channels_of, prepare_dataset
+from diffusion.ema import EMA
+from diffusion.errors import CheckpointError, ConfigError
+from diffusion.schedule import NoiseSchedule
+from models import UNet
+
+NEVER = 2**62  # "no non-finite loss yet" in the device-side record of the first bad step
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient became NaN/inf; the checkpoints written before are kept."""
+
+
+def train(cfg: Config, resume: str | Path | bool | None = None) -> Path:
+    """Train (or resume, see :class:`Trainer`) and return the run folder."""
+    return Trainer(cfg, resume).run()
+
+
+def select_device(name: str, local_rank: int = 0) -> torch.device:
+    """``train.device`` as a torch device; ``auto`` picks cuda, then mps, then cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device: cuda requested but torch.cuda.is_available() is False")
+        return torch.device("cuda", local_rank)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device: mps requested but torch.backends.mps.is_available() is False")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` (None: fp32); ``auto`` is bf16 on CUDA, else fp32."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision: this GPU has no bf16 support; use fp16 or fp32")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def learning_rate(step: int, train_cfg: TrainConfig) -> float:
+    """The learning rate of the ``step``-th optimizer step (1-based): linear warmup, then constant."""
+    if train_cfg.warmup_steps == 0:
+        return train_cfg.lr
+    return train_cfg.lr * min(1.0, step / train_cfg.warmup_steps)
+
+
+def build_model(cfg: Config) -> UNet:
+    """``UNet(**cfg.model)``, with architecture errors reported as config errors."""
+    try:
+        return UNet(**dataclasses.asdict(cfg.model))
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+
+
+def library_versions() -> dict[str, str]:
+    try:
+        ddpm = metadata.version("ddpm")
+    except metadata.PackageNotFoundError:
+        ddpm = "unknown"
+    return {"ddpm": ddpm, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Python, NumPy, torch and device RNG states, as tensors and plain values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, keys.tolist(), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One training run; ``Trainer(cfg, resume).run()`` is :func:`train`.
+
+    ``resume``: None/False starts a new run in ``<log.root>/<log.run_name>`` (an existing folder
+    is refused: nothing a user made is overwritten); True continues the run named by
+    ``log.run_name``, or else the newest ``<log.root>/<config name>-*`` run; a path continues
+    from that checkpoint file or run folder (its ``checkpoints/last.pt``). A resumed run keeps
+    its folder and takes ``cfg`` as given, so e.g. ``train.steps`` can be raised; the model and
+    diffusion sections must match the checkpoint's.
+    """
+
+    def __init__(self, cfg: Config, resume: str | Path | bool | None = None) -> None:
+        self.cfg = cfg
+        self.env = distributed.from_environment()
+        self.device = select_device(cfg.train.device, self.env.local_rank)
+        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        channels = channels_of(cfg.data.source)
+        if cfg.model.in_channels != channels:
+            raise ConfigError(
+                f"model.in_channels is {cfg.model.in_channels} but data.source '{cfg.data.source}' has"
+                f" {channels} channel(s); set model.in_channels={channels}"
+            )
+        distributed.init_process_group(self.env, self.device)
+        self.run_dir, checkpoint = self.env.broadcast(self._run_folder(resume) if self.env.is_main else None)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+
+        if self.env.is_main:
+            images = prepare_dataset(cfg.data)
+        self.env.barrier()  # rank zero has built the cache
+        if not self.env.is_main:
+            images = prepare_dataset(cfg.data, rank_zero=False)
+
+        t = cfg.train
+        seed_everything(t.seed)  # the same initial weights on every process
+        self.model = build_model(cfg).to(self.device)
+        if t.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.env.rank:
+            seed_everything(t.seed + self.env.rank)  # per-process noise and dropout
+        self.ema = EMA(self.model, t.ema_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.schedule = NoiseSchedule.from_config(cfg.diffusion).to(self.device)
+        self.batches = BatchIterator(
+            images, t.batch_size, self.device, seed=t.seed, rank=self.env.rank, world_size=self.env.world_size,
+            random_flip=cfg.data.random_flip, channels_last=t.channels_last,
+        )
+        self.step = 0
+        if checkpoint is not None:
+            self._load(checkpoint)
+        self.saved_step = self.step if checkpoint is not None else None  # step of checkpoints/last.pt
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.model, device_ids=device_ids) if self.env.enabled else None
+        net = self.ddp or self.model
+        self.net = torch.compile(net) if t.compile else net
+        self.stop_requested = False
+        self.writer = None
+        self.last_loss = math.nan
+        self._reset_interval()
+        self.first_bad_step = torch.tensor(NEVER, device=self.device)
+
+    # Run folder and checkpoints ------------------------------------------------------------
+
+    def _run_folder(self, resume: str | Path | bool | None) -> tuple[Path, Path | None]:
+        """(run folder, checkpoint to resume from or None)."""
+        log = self.cfg.log
+        root = Path(log.root)
+        if resume is None or resume is False:
+            run_dir = root / (log.run_name or f"{self.cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            if run_dir.exists():
+                raise ConfigError(
+                    f"{run_dir}: run folder already exists; continue it with --resume {run_dir},"
+                    f" or choose another log.run_name"
+                )
+            return run_dir, None
+        if resume is True:
+            if log.run_name:
+                run_dir = root / log.run_name
+            else:
+                runs = sorted(root.glob(f"{self.cfg.name}-*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+                if not runs:
+                    raise CheckpointError(f"{root}: no run of '{self.cfg.name}' to resume; pass --resume PATH")
+                run_dir = runs[-1].parent.parent
+            return run_dir, resolve_checkpoint(run_dir)
+        checkpoint = resolve_checkpoint(resume)
+        parent = checkpoint.parent
+        return (parent.parent if parent.name == "checkpoints" else parent), checkpoint
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        saved = state["config"]
+        mine = self.cfg.to_dict()
+        for section in ("model", "diffusion"):
+            for key, value in mine[section].items():
+                if saved.get(section, {}).get(key, value) != value:
+                    raise CheckpointError(
+                        f"{path}: trained with {section}.{key}={saved[section][key]!r} but the config says {value!r}"
+                    )
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"], state["ema_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        t = self.cfg.train
+        for group in self.optimizer.param_groups:  # the config's hyperparameters win
+            group.update(betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+        if self.scaler.is_enabled() and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.batches.load_state_dict(state["data"])
+        if len(state["rng"]) == self.env.world_size:
+            set_rng_state(state["rng"][self.env.rank], self.device)
+        else:
+            seed_everything(t.seed + self.env.rank + 1_000_003 * self.step)
+            self._print(
+                f"warning: {path} was written by {len(state['rng'])} process(es), this run has"
+                f" {self.env.world_size}: random streams reseeded (not bitwise reproducible)"
+            )
+
+    def _save(self) -> Path:
+        """Write ``step_XXXXXXX.pt`` and point ``last.pt`` at it (rank zero; all ranks call)."""
+        self._check_finite()
+        rng = self.env.gather(rng_state(self.device))
+        path = self.checkpoint_dir / f"step_{self.step:07d}.pt"
+        self.saved_step = self.step
+        if not self.env.is_main:
+            return path
+        state = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "ema_updates": self.ema.updates,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "data": self.batches.state_dict(),
+            "rng": rng,
+            "config": self.cfg.to_dict(),
+            "versions": library_versions(),
+        }
+        save_checkpoint(state, path)
+        last = self.checkpoint_dir / "last.pt"
+        link = self.checkpoint_dir / f".last.pt.{os.getpid()}.tmp"
+        try:  # a hard link renamed over last.pt: atomic, and no second copy on disk
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+            os.replace(link, last)
+        except OSError:  # a file system without hard links
+            link.unlink(missing_ok=True)
+            save_checkpoint(state, last)
+        steps = sorted(self.checkpoint_dir.glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
+        for old in steps[: -self.cfg.train.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def _prepare_run_folder(self) -> None:
+        """Rank zero: folders, the resolved config.yaml, TensorBoard; stale temporary files removed."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a run killed while saving
+            stale.unlink()
+        resolved = dataclasses.replace(
+            self.cfg, log=dataclasses.replace(self.cfg.log, root=str(self.run_dir.parent), run_name=self.run_dir.name)
+        )
+        text = resolved.to_yaml()
+        tmp = self.run_dir / ".config.yaml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.run_dir / "config.yaml")
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.writer.add_text("config", "    " + text.replace("\n", "\n    "), self.step)
+
+    # The loop ------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """Train to ``train.steps`` (or until SIGINT/SIGTERM); return the run folder."""
+        try:
+            if self.env.is_main:
+                self._prepare_run_folder()
+            with self._stop_on_signals():
+                self._loop()
+        finally:
+            self.batches.close()
+            if self.writer is not None:
+                self.writer.close()
+            self.env.close()
+        return self.run_dir
+
+    def _loop(self) -> None:
+        t, log = self.cfg.train, self.cfg.log
+        if self.step >= t.steps:
+            self._print(f"{self.run_dir}: already at step {self.step} of train.steps={t.steps}; raise train.steps to go on")
+            return
+        start, started = self.step, time.perf_counter()
+        self.bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not self.env.is_main)
+        try:
+            while self.step < t.steps:
+                self._train_step()
+                self.bar.update()
+                stop = self.env.any(self.stop_requested)
+                done = stop or self.step == t.steps
+                if self.step % log.log_every == 0 or done:
+                    self._log()
+                if log.sample_every and (self.step % log.sample_every == 0 or (done and not stop)):
+                    self._sample_grid()
+                if log.fid_every and self.step % log.fid_every == 0:
+                    self._fid()
+                if self.step % t.checkpoint_every == 0 or done:
+                    saved = self._save()
+                if stop:
+                    self._print(f"stopped at step {self.step}, checkpoint {saved}; resume with:\n  {self.resume_command()}")
+                    return
+        finally:
+            self.bar.close()
+        elapsed = time.perf_counter() - started
+        images = (self.step - start) * t.batch_size * t.grad_accum * self.env.world_size
+        self._print(
+            f"trained steps {start}-{self.step} in {elapsed:.0f} s ({(self.step - start) / elapsed:.2f} steps/s,"
+            f" {images / elapsed:.0f} img/s), final loss {self.last_loss:.4f}; run folder {self.run_dir}"
+        )
+
+    def _train_step(self) -> None:
+        t = self.cfg.train
+        lr = learning_rate(self.step + 1, t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(t.grad_accum):
+            x0 = next(self.batches)
+            last = micro == t.grad_accum - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    loss = self.schedule.training_loss(self.net, x0) / t.grad_accum
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.step % t.ema_every == 0:
+            self.ema.update(self.model)
+        # Bookkeeping on the device: no host sync until the next log or checkpoint.
+        bad = ~torch.isfinite(loss_sum)
+        if not self.scaler.is_enabled():  # fp16 overflows in the gradient are the scaler's business
+            bad |= ~torch.isfinite(grad_norm)
+        self.first_bad_step = torch.where(bad & (self.first_bad_step == NEVER), self.step, self.first_bad_step)
+        self.interval_loss += loss_sum
+        self.interval_grad_norm += grad_norm
+        self.interval_steps += 1
+
+    def _reset_interval(self) -> None:
+        self.interval_loss = torch.zeros((), device=self.device)
+        self.interval_grad_norm = torch.zeros((), device=self.device)
+        self.interval_steps = 0
+        self.interval_start = time.perf_counter()
+
+    def _check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if any process saw a non-finite loss or gradient."""
+        first_bad = self.first_bad_step.clone()
+        if self.env.enabled:
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+        bad_step = int(first_bad)
+        if bad_step == NEVER:
+            return
+        last = self.checkpoint_dir / "last.pt"
+        kept = f"the last good checkpoint is {last} (step {self.saved_step})" if self.saved_step else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"the loss or gradient became non-finite at step {bad_step}; training stopped and {kept}."
+            f" Try a lower train.lr (now {self.cfg.train.lr:g}) or train.precision=fp32"
+        )
+
+    def _log(self) -> None:
+        self._check_finite()
+        stats = torch.stack([self.interval_loss, self.interval_grad_norm]) / self.interval_steps
+        if self.env.enabled:
+            torch.distributed.all_reduce(stats)
+            stats /= self.env.world_size
+        loss, grad_norm = stats.tolist()
+        t = self.cfg.train
+        images = self.interval_steps * t.batch_size * t.grad_accum * self.env.world_size
+        images_per_s = images / (time.perf_counter() - self.interval_start)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.last_loss = loss
+        if self.env.is_main:
+            scalars = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_s": images_per_s,
+                       "ema_decay": self.ema.current_decay}
+            for name, value in scalars.items():
+                self.writer.add_scalar(f"train/{name}", value, self.step)
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}", lr=f"{lr:.2e}", refresh=False)
+        self._reset_interval()
+
+    def _sample_grid(self) -> None:
+        """Rank zero: a grid of EMA samples to ``samples/step_XXXXXXX.png`` and TensorBoard."""
+        if not self.env.is_main:
+            return
+        from diffusion.media import image_grid, save_png
+        from diffusion.samplers import generate
+
+        log, sample = self.cfg.log, self.cfg.sample
+        images = generate(
+            self.ema.module, self.schedule, log.sample_count, sampler=log.sample_sampler, steps=log.sample_steps,
+            eta=sample.eta, seed=sample.seed, batch_size=sample.batch_size, clip_denoised=sample.clip_denoised,
+            ddpm_variance=sample.ddpm_variance, device=self.device, autocast_dtype=self.amp_dtype,
+        )
+        grid = image_grid(images)
+        save_png(grid, self.run_dir / "samples" / f"step_{self.step:07d}.png")
+        self.writer.add_image("samples/ema", grid, self.step, dataformats="HWC")
+
+    def _fid(self) -> None:
+        """Rank zero: FID of the EMA model (``log.fid_samples`` samples) to TensorBoard."""
+        if not self.env.is_main:
+            return
+        from diffusion.fid import fid_of_model
+
+        value = fid_of_model(
+            self.ema.module, self.schedule, self.cfg, self.cfg.log.fid_samples, self.device, autocast_dtype=self.amp_dtype
+        )
+        self.writer.add_scalar("eval/fid", value, self.step)
+        self.bar.write(f"step {self.step}: FID {value:.2f} ({self.cfg.log.fid_samples} EMA samples)")
+
+    # Stopping ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM ask the loop to stop after the current step; a second one acts as usual."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_requested = True
+            signal.signal(signum, previous[signum])
+            self._print(f"{signal.Signals(signum).name}: stopping after this step to save a checkpoint (repeat to abort)")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def resume_command(self) -> str:
+        """The command line that continues this run."""
+        launcher = "python"
+        if self.env.enabled:
+            same_node = self.env.world_size == self.env.local_world_size
+            launcher = f"torchrun --nproc_per_node={self.env.local_world_size}" if same_node else "torchrun <same flags>"
+        config = shlex.quote(str(self.run_dir / "config.yaml"))
+        return f"{launcher} train.py --config {config} --resume {shlex.quote(str(self.run_dir))}"
+
+    def _print(self, message: str) -> None:
+        if self.env.is_main:
+            tqdm.write(message, file=sys.stderr)

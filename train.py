@@ -1,0 +1,43 @@
+"""Train a DDPM: ``python train.py --config Configs/config.yaml [--resume [PATH]] [section.key=value ...]``.
+
+Several GPUs or machines: ``torchrun --nproc_per_node=N train.py --config ...`` (each process
+takes ``train.batch_size`` images per step). Ctrl-C (or SIGTERM) finishes the current step,
+saves a checkpoint and prints the command that resumes the run. Exit codes: 0 done or stopped,
+1 the loss became non-finite, 2 bad input (config, data, checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffusion.config import load_config
+from diffusion.errors import run_cli
+from diffusion.trainer import NonFiniteLossError, train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, metavar="PATH", help="YAML config file (see Configs/)")
+    parser.add_argument(
+        "--resume", nargs="?", const=True, default=None, metavar="PATH",
+        help="continue a run: from PATH (a checkpoint, or a run folder's checkpoints/last.pt), or without PATH"
+        " the run named by log.run_name, else the newest <log.root>/<config name>-* run",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.lr=1e-4")
+    args = parser.parse_intermixed_args(argv)
+    resume, overrides = args.resume, list(args.overrides)
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():  # `--resume key=value`
+        resume, overrides = True, [resume, *overrides]
+    cfg = load_config(args.config, overrides)
+    try:
+        train(cfg, resume)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
