@@ -34,17 +34,18 @@ class SpatialSelfAttention(nn.Module):
             raise ValueError(f"model.num_heads ({num_heads}) must divide the {channels} channels of an attention block")
         self.num_heads = num_heads
         self.norm = group_norm(channels, norm_groups, f"an attention block ({channels} channels)")
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         heads = self.num_heads
-        # (B, 3C, H, W) -> 3 x (B, heads, HW, d): one token per pixel.
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, heads, c // heads, h * w).transpose(-1, -2)
-        q, k, v = qkv.unbind(1)
+        # One token per pixel: (B, C, H, W) -> (B, HW, C), a view for channels-last x.
+        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        # (B, HW, 3C) -> 3 x (B, heads, HW, d), channels contiguous as the fused SDPA kernels need.
+        q, k, v = self.qkv(tokens).unflatten(-1, (3, heads, c // heads)).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj(out)
+        out = self.proj(out.transpose(1, 2).flatten(2))  # (B, HW, C)
+        return x + out.transpose(1, 2).unflatten(2, (h, w))  # the sum keeps x's memory format
