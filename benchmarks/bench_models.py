@@ -1,0 +1,390 @@
+"""Speed of the U-Net against diffusers' ``UNet2DModel`` built to the same architecture.
+
+For each preset and each mode (fp32, bf16 autocast, channels_last, torch.compile in fp32 and
+bf16) both networks are timed in one process, alternating
+ours / diffusers at every repetition so that background load hits both alike; each figure is
+the median of ``--repeats`` timed calls after two warm-up calls.
+
+* train img/s: forward, L_simple loss (Ho et al. eq. 14), backward and an AdamW step;
+* sample ms: one network call under ``torch.inference_mode`` (a sampler step's cost);
+* GFLOP/img: matmul, convolution and attention FLOPs of one forward pass (torch.utils.flop_counter);
+* GFLOP/s and % peak: achieved throughput (forward + backward FLOPs for training) against the
+  best of a large matmul and a 3x3 convolution in the same dtype, measured by this script;
+* x diffusers: speed relative to diffusers in fp32 (the reference a user would otherwise run).
+
+    python benchmarks/bench_models.py [--preset ddpm_cifar10 digits] [--device cpu] [--threads 1]
+                                      [--repeats 5] [--modes fp32 bf16 channels_last compile] [--markdown]
+
+diffusers is an optional dependency (``pip install '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils import flop_counter
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffusion.config import Config, ModelConfig, load_config  # noqa: E402
+from diffusion.errors import UserError, run_cli  # noqa: E402
+from diffusion.schedule import NoiseSchedule  # noqa: E402
+from models import UNet  # noqa: E402
+
+# Batch sizes of the issue's table: small on a CPU, a training batch on a GPU. A preset given
+# as a YAML path uses its train.batch_size.
+PRESET_BATCH = {
+    "cpu": {"ddpm_cifar10": 8, "digits": 64, "config": 4},
+    "cuda": {"ddpm_cifar10": 128, "digits": 64, "config": 64},
+}
+COLUMNS = (
+    "preset", "mode", "model", "train img/s", "sample ms", "GFLOP/img",
+    "train GFLOP/s", "train % peak", "sample GFLOP/s", "sample % peak", "train x diffusers", "sample x diffusers",
+)
+
+
+def _cpu_attention_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(q, k, v)
+
+
+def _cpu_attention_backward_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, q, k, v)
+
+
+# The CPU flash-attention kernels are missing from torch's FLOP table; count them like the CUDA ones.
+ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How both networks run: autocast dtype (None: fp32), memory format, torch.compile."""
+
+    name: str
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.dtype or torch.float32
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+MODES = {
+    mode.name: mode
+    for mode in (
+        Mode("fp32"), Mode("bf16", torch.bfloat16), Mode("channels_last", channels_last=True),
+        Mode("compile", compile=True), Mode("bf16+compile", torch.bfloat16, compile=True),
+    )
+}
+
+
+class DiffusersUNet(nn.Module):
+    """diffusers' ``UNet2DModel`` with the same widths, depths, attention levels and norms as
+    ``UNet(**model_cfg)``, called as ``model(x, t)`` like ours."""
+
+    def __init__(self, m: ModelConfig) -> None:
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        widths = tuple(m.base_channels * k for k in m.channel_mult)
+        sizes = [m.image_size // 2**level for level in range(len(widths))]
+        first_attn = next((w for w, s in zip(widths, sizes, strict=True) if s in m.attention_resolutions), widths[-1])
+        self.net = UNet2DModel(
+            sample_size=m.image_size,
+            in_channels=m.in_channels,
+            out_channels=m.in_channels,
+            block_out_channels=widths,
+            layers_per_block=m.num_res_blocks,
+            down_block_types=tuple("AttnDownBlock2D" if s in m.attention_resolutions else "DownBlock2D" for s in sizes),
+            up_block_types=tuple("AttnUpBlock2D" if s in m.attention_resolutions else "UpBlock2D" for s in reversed(sizes)),
+            attention_head_dim=m.head_dim or first_attn // m.num_heads,
+            dropout=m.dropout,
+            norm_num_groups=m.norm_groups,
+            norm_eps=1e-6,
+            resnet_time_scale_shift="scale_shift" if m.scale_shift else "default",
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t).sample
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_same_size(pair: dict[str, nn.Module]) -> None:
+    """Equal architectures have equal parameter counts; allow 1% for implementation details."""
+    n_ours, n_theirs = (parameter_count(model) for model in pair.values())
+    if abs(n_ours - n_theirs) > 0.01 * n_theirs:
+        raise AssertionError(f"not the same architecture: {n_ours} parameters (ours) vs {n_theirs} (diffusers)")
+
+
+def build_pair(m: ModelConfig) -> dict[str, nn.Module]:
+    """Our U-Net and its diffusers twin, checked to be of the same size."""
+    try:
+        theirs = DiffusersUNet(m)
+    except ImportError as err:
+        raise UserError(f"the benchmark needs diffusers ({err}); install it with pip install '.[bench]'") from None
+    pair = {"ours": UNet(**vars(m)), "diffusers": theirs}
+    check_same_size(pair)
+    return pair
+
+
+def load_preset(preset: str) -> tuple[str, Config]:
+    """A preset name (``Configs/<name>.yaml``) or the path of a YAML config."""
+    path = Path(preset) if preset.endswith((".yaml", ".yml")) else ROOT / "Configs" / f"{preset}.yaml"
+    return path.stem, load_config(path)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function after two warm-ups, alternating them call by call
+    (in A B B A order, so neither always runs first)."""
+    for _ in range(2):
+        for fn in fns.values():
+            seconds(fn, device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for repeat in range(repeats):
+        for name in list(fns) if repeat % 2 == 0 else reversed(fns):
+            times[name].append(seconds(fns[name], device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_gflops(dtype: torch.dtype, device: torch.device) -> float:
+    """Best measured throughput of a square matmul and a 3x3 convolution (256 channels, 16x16,
+    channels-last) in ``dtype``; sizes grow until one call takes 20 ms (capped), so that slow
+    dtypes are measured quickly."""
+
+    def best(make: Callable[[int], tuple[Callable[[], object], float]], sizes: list[int]) -> float:
+        rate = 0.0
+        for size in sizes:
+            fn, flop = make(size)
+            fn()
+            elapsed = min(seconds(fn, device) for _ in range(3))
+            rate = max(rate, flop / elapsed / 1e9)
+            if elapsed > 0.02:
+                break
+        return rate
+
+    def matmul(n: int) -> tuple[Callable[[], object], float]:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        return (lambda: a @ b), 2.0 * n**3
+
+    def conv(batch: int) -> tuple[Callable[[], object], float]:
+        layer = nn.Conv2d(256, 256, 3, padding=1).to(device, dtype, memory_format=torch.channels_last)
+        x = torch.randn(batch, 256, 16, 16, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+        return (lambda: layer(x)), 2.0 * batch * 256 * 256 * 9 * 16 * 16
+
+    big = device.type == "cuda"
+    with torch.inference_mode():
+        return max(
+            best(matmul, [256, 512, 1024, 2048] + ([4096, 8192] if big else [])),
+            best(conv, [1, 4, 16] + ([64, 256] if big else [])),
+        )
+
+
+def gflop_per_image(model: nn.Module, x: torch.Tensor, t: torch.Tensor, backward: bool) -> float:
+    """FLOPs of a forward (and backward) pass, per image, in GFLOP."""
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
+        out = model(x, t)
+        if backward:
+            out.square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / x.shape[0] / 1e9
+
+
+@dataclass
+class Row:
+    preset: str
+    mode: str
+    model: str
+    train_img_s: float
+    sample_ms: float
+    gflop: float
+    train_gflops: float
+    train_peak: float
+    sample_gflops: float
+    sample_peak: float
+    train_x: float = float("nan")
+    sample_x: float = float("nan")
+
+    def cells(self) -> list[str]:
+        return [
+            self.preset, self.mode, self.model, f"{self.train_img_s:.1f}", f"{self.sample_ms:.1f}",
+            f"{self.gflop:.2f}", f"{self.train_gflops:.1f}", f"{100 * self.train_peak:.0f}%",
+            f"{self.sample_gflops:.1f}", f"{100 * self.sample_peak:.0f}%", f"{self.train_x:.2f}", f"{self.sample_x:.2f}",
+        ]
+
+
+def make_steps(
+    module: nn.Module, mode: Mode, device: torch.device, schedule: NoiseSchedule,
+    x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A training step and a sampling network call on a fresh copy of ``module`` in ``mode``."""
+    model = copy.deepcopy(module).to(device, memory_format=mode.memory_format)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=device.type == "cuda")
+    net = torch.compile(model) if mode.compile else model
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, dtype=mode.compute_dtype, enabled=mode.dtype is not None)
+
+    def train_step() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = schedule.training_loss(net, x0, t, noise)
+        loss.backward()
+        optimizer.step()
+
+    def sample_call() -> None:
+        model.eval()
+        with torch.inference_mode(), autocast():
+            net(noise, t)
+
+    return train_step, sample_call
+
+
+def bench_mode(
+    preset: str, cfg: Config, pair: dict[str, nn.Module], mode: Mode, batch: int, device: torch.device,
+    repeats: int, peak: float, flops: dict[str, tuple[float, float]],
+) -> list[Row]:
+    """Time a training step and a network call of both models in one mode, interleaved."""
+    schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
+    fmt = mode.memory_format
+    gen = torch.Generator().manual_seed(0)
+    size, channels = cfg.model.image_size, cfg.model.in_channels
+    x0 = (torch.rand(batch, channels, size, size, generator=gen) * 2 - 1).to(device, memory_format=fmt)
+    noise = torch.randn(x0.shape, generator=gen).to(device, memory_format=fmt)
+    t = torch.randint(0, cfg.diffusion.timesteps, (batch,), generator=gen).to(device)
+
+    steps = {name: make_steps(module, mode, device, schedule, x0, noise, t) for name, module in pair.items()}
+    train_s = interleaved_medians({name: train for name, (train, _) in steps.items()}, repeats, device)
+    sample_s = interleaved_medians({name: sample for name, (_, sample) in steps.items()}, repeats, device)
+    rows = []
+    for name in pair:
+        forward, train = flops[name]
+        img_s = batch / train_s[name]
+        rows.append(Row(
+            preset, mode.name, name, img_s, 1e3 * sample_s[name], forward, train * img_s,
+            train * img_s / peak, forward * batch / sample_s[name], forward * batch / sample_s[name] / peak,
+        ))
+    return rows
+
+
+def run_benchmark(
+    presets: list[str], mode_names: list[str], device: torch.device, repeats: int
+) -> tuple[list[Row], list[str]]:
+    """Rows of the table and notes (machine, peaks, skipped modes). fp32 is always measured: it
+    is the reference of the speed-up columns."""
+    modes = tuple(MODES[name] for name in dict.fromkeys(["fp32", *mode_names]))
+    peaks = {dtype: peak_gflops(dtype, device) for dtype in {m.compute_dtype for m in modes}}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    notes = [
+        f"{name}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); measured peak GFLOP/s: "
+        + ", ".join(f"{str(d).removeprefix('torch.')} {p:.1f}" for d, p in peaks.items())
+    ]
+    slow = [m.name for m in modes if peaks[m.compute_dtype] < peaks[torch.float32]]
+    if slow:
+        modes = tuple(m for m in modes if m.name not in slow)
+        notes.append(f"skipped {', '.join(slow)}: bf16 is slower than fp32 on this processor (no bf16 instructions)")
+    rows = []
+    for preset in presets:
+        preset_name, cfg = load_preset(preset)
+        batch = PRESET_BATCH[device.type].get(preset_name, cfg.train.batch_size)
+        pair = build_pair(cfg.model)
+        notes.append(
+            f"{preset_name}: {cfg.model.image_size}x{cfg.model.image_size}, batch {batch}, parameters "
+            + " / ".join(f"{parameter_count(m) / 1e6:.2f}M ({n})" for n, m in pair.items())
+        )
+        x = torch.randn(1, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
+        t = torch.tensor([cfg.diffusion.timesteps // 2])
+        flops = {
+            n: (gflop_per_image(m.eval(), x, t, backward=False), gflop_per_image(m.train(), x, t, backward=True))
+            for n, m in pair.items()
+        }
+        preset_rows = []
+        for mode in modes:
+            preset_rows += bench_mode(
+                preset_name, cfg, pair, mode, batch, device, repeats, peaks[mode.compute_dtype], flops
+            )
+        reference = next(r for r in preset_rows if r.mode == "fp32" and r.model == "diffusers")
+        for row in preset_rows:
+            row.train_x = row.train_img_s / reference.train_img_s
+            row.sample_x = reference.sample_ms / row.sample_ms
+        rows += preset_rows
+    return rows, notes
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "CPU"
+
+
+def format_table(rows: list[Row], markdown: bool) -> str:
+    """A GitHub Markdown table, or plain aligned columns."""
+    table = [list(COLUMNS)] + [row.cells() for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(r) + " |" for r in table]
+        lines.insert(1, "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|")
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", nargs="+", default=["ddpm_cifar10", "digits"],
+                        help="preset names under Configs/ or YAML paths (default: ddpm_cifar10 digits)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median; default 5)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["fp32", "bf16", "channels_last"],
+                        help="rows to measure besides fp32 (default: fp32 bf16 channels_last; "
+                        "compile and bf16+compile take minutes to compile on a CPU)")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows, notes = run_benchmark(args.preset, args.modes, torch.device(args.device), args.repeats)
+    print("\n".join(notes), end="\n\n")
+    print(format_table(rows, args.markdown))
+
+
+if __name__ == "__main__":
+    run_cli(main)

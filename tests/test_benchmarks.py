@@ -1,0 +1,100 @@
+"""The benchmarks: diffusers twins of the presets have our architecture, and the scripts run."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import subprocess_env
+from torch.utils.flop_counter import FlopCounterMode
+
+from attention import SpatialSelfAttention
+from benchmarks import bench_models
+from diffusion.config import from_dict, load_config
+from diffusion.errors import UserError
+from models import UNet
+
+needs_diffusers = pytest.mark.skipif(
+    importlib.util.find_spec("diffusers") is None, reason="diffusers (the bench extra) is not installed"
+)
+
+TINY = {
+    "data": {"source": "digits", "image_size": 8},
+    "model": {"image_size": 8, "in_channels": 1, "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+              "attention_resolutions": [4], "norm_groups": 4, "dropout": 0.0},
+    "train": {"batch_size": 2},
+}
+
+
+@needs_diffusers
+@pytest.mark.parametrize("preset", ["ddpm_cifar10", "digits", "config"])
+def test_diffusers_twin_has_our_parameter_count(repo_root, preset):
+    cfg = load_config(repo_root / "Configs" / f"{preset}.yaml")
+    ours, theirs = (bench_models.parameter_count(m) for m in bench_models.build_pair(cfg.model).values())
+    assert abs(ours - theirs) <= 0.01 * theirs, (ours, theirs)
+
+
+@needs_diffusers
+def test_a_different_architecture_is_refused():
+    cfg = from_dict(TINY)
+    wider = dataclasses.replace(cfg.model, base_channels=16)
+    pair = {"ours": UNet(**vars(cfg.model)), "diffusers": bench_models.DiffusersUNet(wider)}
+    with pytest.raises(AssertionError, match="not the same architecture"):
+        bench_models.check_same_size(pair)
+
+
+def test_attention_flops_are_counted():
+    """The fused CPU attention kernels count as QK^T and AV (2 L^2 C multiply-adds each)."""
+    c, side = 16, 4
+    tokens = side * side
+    attn = SpatialSelfAttention(c, norm_groups=4)
+    with FlopCounterMode(display=False, custom_mapping=bench_models.ATTENTION_FLOPS) as counter:
+        attn(torch.randn(1, c, side, side))
+    projections = 2 * tokens * c * (3 * c + c)
+    assert counter.get_total_flops() == projections + 2 * 2 * tokens * tokens * c
+
+
+@needs_diffusers
+def test_ours_and_diffusers_count_the_same_flops():
+    pair = bench_models.build_pair(from_dict(TINY).model)
+    x, t = torch.randn(1, 1, 8, 8), torch.tensor([500])
+    for backward in (False, True):
+        ours, theirs = (bench_models.gflop_per_image(m, x, t, backward) for m in pair.values())
+        assert ours > 0 and ours == pytest.approx(theirs, rel=0.01)
+
+
+@needs_diffusers
+@pytest.mark.slow
+def test_model_benchmark_prints_a_table(tmp_path, repo_root):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    cmd = [sys.executable, str(repo_root / "benchmarks" / "bench_models.py"), "--preset", str(preset),
+           "--repeats", "1", "--threads", "1", "--markdown"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| preset"))
+    assert [c.strip() for c in header.strip("|").split("|")] == list(bench_models.COLUMNS)
+    rows = [line for line in lines if line.startswith("| tiny")]
+    modes = {(r.split("|")[2].strip(), r.split("|")[3].strip()) for r in rows}
+    assert {("fp32", "ours"), ("fp32", "diffusers"), ("channels_last", "ours")} <= modes
+    fp32_diffusers = next(r for r in rows if "| fp32" in r and "| diffusers" in r)
+    assert fp32_diffusers.rstrip(" |").endswith("1.00 | 1.00")  # the reference row
+
+
+def test_model_benchmark_rejects_bad_flags():
+    with pytest.raises(UserError, match="--repeats must be at least 1"):
+        bench_models.main(["--repeats", "0"])
+
+
+def test_data_benchmark_runs(repo_root):
+    cmd = [sys.executable, str(repo_root / "benchmarks" / "bench_data.py"), "--images", "64", "--size", "16",
+           "--batch", "16", "--workers", "0"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert result.returncode == 0, result.stderr
+    assert "prepare img/s" in result.stdout and "batches img/s" in result.stdout

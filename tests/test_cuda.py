@@ -1,0 +1,99 @@
+"""CUDA-only checks (skipped without a GPU; ``benchmarks/gpu.sh`` runs them): mixed-precision
+training steps stay finite, GPU sampling matches the CPU, and fused SDPA attention equals the
+naive softmax(QK^T / sqrt(d)) V reference."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attention import SpatialSelfAttention
+from diffusion.samplers import generate
+from diffusion.schedule import NoiseSchedule
+from models import UNet
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+TINY = dict(image_size=16, in_channels=3, base_channels=32, channel_mult=[1, 2], num_res_blocks=1,
+            attention_resolutions=[8], norm_groups=8, dropout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """No TF32: fp32 on the GPU is compared with fp32 on the CPU."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Small random values in every parameter, the zero-initialised output layers included."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_training_steps_are_finite(dtype):
+    torch.manual_seed(0)
+    model = UNet(**TINY).cuda()
+    schedule = NoiseSchedule(timesteps=1000).to("cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    before = copy.deepcopy(model.state_dict())
+    x0 = torch.rand(8, 3, 16, 16, device="cuda") * 2 - 1
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=dtype):
+            loss = schedule.training_loss(model, x0)
+        assert torch.isfinite(loss)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    for name, p in model.state_dict().items():
+        assert torch.isfinite(p).all(), name
+    assert any(not torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+def test_network_and_sampler_on_gpu_match_the_cpu():
+    model = randomize_(UNet(**TINY)).eval()
+    schedule = NoiseSchedule(timesteps=1000)
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([0, 10, 500, 999])
+    with torch.inference_mode():
+        cpu_out = model(x, t)
+        gpu_out = copy.deepcopy(model).cuda()(x.cuda(), t.cuda()).cpu()
+    torch.testing.assert_close(gpu_out, cpu_out, rtol=1e-4, atol=1e-4)
+
+    options = dict(sampler="ddim", steps=10, seed=3, batch_size=4)
+    on_cpu = generate(model, schedule, 4, **options)
+    on_gpu = generate(copy.deepcopy(model).cuda(), schedule, 4, **options)
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("heads", [1, 4])
+def test_sdpa_attention_equals_the_naive_reference(dtype, tol, heads):
+    torch.manual_seed(0)
+    c, side = 64, 8
+    attn = randomize_(SpatialSelfAttention(c, num_heads=heads, norm_groups=8)).cuda()
+    x = torch.randn(2, c, side, side, device="cuda")
+    d = c // heads
+    tokens = F.group_norm(x, 8, attn.norm.weight, attn.norm.bias, attn.norm.eps).flatten(2).transpose(1, 2)
+    q, k, v = (tokens @ attn.qkv.weight.reshape(3 * c, c).T + attn.qkv.bias).split(c, dim=-1)
+    heads_out = [
+        torch.softmax(q[..., i * d:(i + 1) * d] @ k[..., i * d:(i + 1) * d].transpose(1, 2) / math.sqrt(d), dim=-1)
+        @ v[..., i * d:(i + 1) * d]
+        for i in range(heads)
+    ]
+    out = torch.cat(heads_out, dim=-1) @ attn.proj.weight.reshape(c, c).T + attn.proj.bias
+    expected = x + out.transpose(1, 2).reshape(x.shape)
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        actual = attn(x)
+    torch.testing.assert_close(actual.float(), expected, rtol=tol, atol=tol)
