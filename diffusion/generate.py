@@ -20,10 +20,11 @@ import torch
 
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
 from diffusion.config import Config, SampleConfig, from_dict
-from diffusion.errors import CheckpointError, UserError
+from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
 from diffusion.samplers import ReverseStep, animation_steps, generate, timestep_sequence
 from diffusion.schedule import NoiseSchedule
+from diffusion.trainer import autocast_dtype, build_model
 from models import UNet
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -47,13 +48,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a precision name (None: full fp32); ``auto`` is bf16 on CUDA, fp32 elsewhere."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def precision_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
@@ -75,12 +69,12 @@ def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
     expected = model.state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
-    reshaped = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    reshaped = [k for k in expected if k in weights and tuple(getattr(weights[k], "shape", ())) != tuple(expected[k].shape)]
     parts = []
     if reshaped:
         k = reshaped[0]
         parts.append(
-            f"{len(reshaped)} tensors differ in shape (first: {k} is {list(weights[k].shape)} in the checkpoint, "
+            f"{len(reshaped)} tensors differ in shape (first: {k} is {list(getattr(weights[k], 'shape', ()))} in the checkpoint, "
             f"{list(expected[k].shape)} in the model)"
         )
     if missing:
@@ -108,9 +102,9 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
         hint = " (use --no-ema for the raw weights)" if use_ema else ""
         raise CheckpointError(f"{path}: has no '{key}' weights{hint}")
     try:
-        model = UNet(**dataclasses.asdict(config.model))
-    except ValueError as err:
-        raise CheckpointError(f"{path}: its stored config does not describe a valid model: {err}") from None
+        model = build_model(config)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: stored config: {err}") from None
     try:
         model.load_state_dict(weights)
     except (RuntimeError, AttributeError) as err:

@@ -256,3 +256,19 @@ def test_a_pickle_that_runs_code_is_refused(tiny_run, tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
     torch.load(evil, weights_only=False)  # the payload is real: an unsafe load runs it
     assert marker.exists()
+
+
+def test_samples_a_run_folder_written_by_the_trainer(tmp_path):
+    """The checkpoint format end to end: a 3-step training run, then inference on its folder."""
+    from diffusion.trainer import train
+
+    cfg = from_dict({
+        **TINY,
+        "data": {"source": "digits", "image_size": 8, "root": str(tmp_path / "data"), "num_workers": 0, "random_flip": False},
+        "train": {"steps": 3, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 3, "device": "cpu"},
+        "log": {"root": str(tmp_path / "Models"), "run_name": "e2e", "sample_every": 0, "sample_steps": 10},
+    })
+    run = train(cfg)
+    record = sample(run, tmp_path / "out", "--steps", "5", "--frames", "3")
+    assert record["checkpoint"] == str(run / "checkpoints" / "last.pt") and record["step"] == 3
+    assert record["files"] == ["grid.png", "denoise.mp4"]

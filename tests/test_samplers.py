@@ -179,6 +179,7 @@ def test_ddim_eta_0_is_a_deterministic_function_of_x_T():
     assert (first - other).abs().min() > 0  # every sample depends on its own x_T
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 copy= notice inside diffusers
 def test_dpm_solver_pp_matches_diffusers():
     """An independent implementation of DPM-Solver++(2M) (data prediction, final step to sigma = 0)."""
     diffusers = pytest.importorskip("diffusers")
