@@ -1,9 +1,14 @@
-"""Train a DDPM: ``python train.py --config Configs/config.yaml [--resume [PATH]] [section.key=value ...]``.
+"""Train a DDPM with the data, model and recipe of a config file.
 
-Several GPUs or machines: ``torchrun --nproc_per_node=N train.py --config ...`` (each process
-takes ``train.batch_size`` images per step). Ctrl-C (or SIGTERM) finishes the current step,
-saves a checkpoint and prints the command that resumes the run. Exit codes: 0 done or stopped,
-1 the loss became non-finite, 2 bad input (config, data, checkpoint).
+  python train.py --config Configs/config.yaml [--resume [PATH]] [section.key=value ...]
+  torchrun --nproc_per_node=N train.py --config ...   (DDP: train.batch_size is per process)
+
+A new run writes to <log.root>/<log.run_name>/ and refuses a folder that already exists, so
+nothing is overwritten: continue that run with --resume, or choose another log.run_name.
+Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and prints the exact command
+that resumes the run (a second one aborts at once). Exit codes: 0 finished or stopped, 1 the
+loss became non-finite, 2 bad input (config, data, checkpoint), 130 aborted (a second Ctrl-C,
+or one before training started).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from diffusion.trainer import NonFiniteLossError, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, metavar="PATH", help="YAML config file (see Configs/)")
     parser.add_argument(
         "--resume", nargs="?", const=True, default=None, metavar="PATH",
@@ -36,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one while e.g. the data cache was built
+        print("aborted", file=sys.stderr)
+        return 130
     return 0
 
 

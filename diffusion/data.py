@@ -325,7 +325,9 @@ class BatchIterator:
     def load_state_dict(self, state: dict[str, int]) -> None:
         if self._thread is not None:
             raise RuntimeError("BatchIterator.load_state_dict must be called before iterating")
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        epoch, index = int(state["epoch"]), int(state["index"])
+        # A position past the end of an epoch (e.g. train.batch_size was raised) starts the next.
+        self.epoch, self.index = (epoch, index) if index < self.batches_per_epoch else (epoch + 1, 0)
 
     def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """This process's (image indices, flip flags) of ``epoch``, each (batches, batch_size)."""

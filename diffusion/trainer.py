@@ -150,6 +150,7 @@ class Trainer:
         self.env = distributed.from_environment()
         self.device = select_device(cfg.train.device, self.env.local_rank)
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         channels = channels_of(cfg.data.source)
         if cfg.model.in_channels != channels:
             raise ConfigError(
@@ -191,7 +192,7 @@ class Trainer:
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=device_ids) if self.env.enabled else None
-        net = self.ddp or self.model
+        net = self.ddp if self.ddp is not None else self.model
         self.net = torch.compile(net) if t.compile else net
         self.stop_requested = False
         self.writer = None

@@ -278,6 +278,10 @@ def test_resuming_from_state_dict_continues_the_identical_stream():
         assert torch.equal(next(resumed), expected)
     resumed.close()
 
+    bigger_batches = BatchIterator(images, batch_size=8, seed=3)
+    bigger_batches.load_state_dict({"epoch": 2, "index": 4})  # only 2 batches of 8 an epoch now
+    assert bigger_batches.state_dict() == {"epoch": 3, "index": 0}
+
 
 def test_channels_last_batches_and_too_small_datasets():
     batches = BatchIterator(np.zeros((8, 4, 4, 3), np.uint8), batch_size=2, channels_last=True)
