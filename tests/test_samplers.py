@@ -293,3 +293,16 @@ def test_generate_feeds_channels_last_models_channels_last_inputs_and_autocasts(
     assert formats == [True] * 5
     low = generate(model, schedule, 4, steps=5, batch_size=4, autocast_dtype=torch.bfloat16)
     assert low.dtype == torch.float32 and 0 < (low - reference).abs().max() < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++"])
+def test_generate_on_cuda_is_independent_of_batch_size_and_autocasts(sampler):
+    model, schedule = tiny_unet_and_schedule()
+    model = model.cuda().to(memory_format=torch.channels_last)
+    one_batch = generate(model, schedule, 6, sampler=sampler, steps=20, seed=5, batch_size=6)
+    batched = generate(model, schedule, 6, sampler=sampler, steps=20, seed=5, batch_size=4)
+    assert one_batch.device.type == "cpu"
+    torch.testing.assert_close(batched, one_batch, atol=1e-4, rtol=0)
+    low = generate(model, schedule, 6, sampler=sampler, steps=20, seed=5, autocast_dtype=torch.bfloat16)
+    assert 0 < (low - one_batch).abs().max() < 0.05
