@@ -1,7 +1,7 @@
 """Speed of the U-Net against diffusers' ``UNet2DModel`` built to the same architecture.
 
-For each preset and each mode (fp32, bf16 autocast, channels_last, torch.compile in fp32 and
-bf16) both networks are timed in one process, alternating
+For each preset and each mode (fp32, and any ``+``-joined combination of bf16 autocast,
+channels_last and torch.compile) both networks are timed in one process, alternating
 ours / diffusers at every repetition so that background load hits both alike; each figure is
 the median of ``--repeats`` timed calls after two warm-up calls.
 
@@ -13,7 +13,7 @@ the median of ``--repeats`` timed calls after two warm-up calls.
 * x diffusers: speed relative to diffusers in fp32 (the reference a user would otherwise run).
 
     python benchmarks/bench_models.py [--preset ddpm_cifar10 digits] [--device cpu] [--threads 1]
-                                      [--repeats 5] [--modes fp32 bf16 channels_last compile] [--markdown]
+                                      [--repeats 5] [--modes bf16 channels_last+compile] [--markdown]
 
 diffusers is an optional dependency (``pip install '.[bench]'``).
 """
@@ -78,6 +78,17 @@ class Mode:
     channels_last: bool = False
     compile: bool = False
 
+    @classmethod
+    def parse(cls, name: str) -> Mode:
+        """``fp32``, or ``+``-joined options among bf16, channels_last, compile (``bf16+compile``)."""
+        options = set(name.split("+")) - {"fp32"}
+        unknown = options - {"bf16", "channels_last", "compile"}
+        if unknown or not name:
+            raise argparse.ArgumentTypeError(
+                f"unknown mode '{name}': use fp32 or +-joined bf16, channels_last, compile"
+            )
+        return cls(name, torch.bfloat16 if "bf16" in options else None, "channels_last" in options, "compile" in options)
+
     @property
     def compute_dtype(self) -> torch.dtype:
         return self.dtype or torch.float32
@@ -87,13 +98,7 @@ class Mode:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
-MODES = {
-    mode.name: mode
-    for mode in (
-        Mode("fp32"), Mode("bf16", torch.bfloat16), Mode("channels_last", channels_last=True),
-        Mode("compile", compile=True), Mode("bf16+compile", torch.bfloat16, compile=True),
-    )
-}
+DEFAULT_MODES = ("fp32", "bf16", "channels_last")
 
 
 class DiffusersUNet(nn.Module):
@@ -190,7 +195,7 @@ def peak_gflops(dtype: torch.dtype, device: torch.device) -> float:
         for size in sizes:
             fn, flop = make(size)
             fn()
-            elapsed = min(seconds(fn, device) for _ in range(3))
+            elapsed = min(seconds(fn, device) for _ in range(5))
             rate = max(rate, flop / elapsed / 1e9)
             if elapsed > 0.02:
                 break
@@ -235,8 +240,8 @@ class Row:
     train_peak: float
     sample_gflops: float
     sample_peak: float
-    train_x: float = float("nan")
-    sample_x: float = float("nan")
+    train_x: float
+    sample_x: float
 
     def cells(self) -> list[str]:
         return [
@@ -274,39 +279,60 @@ def make_steps(
     return train_step, sample_call
 
 
-def bench_mode(
-    preset: str, cfg: Config, pair: dict[str, nn.Module], mode: Mode, batch: int, device: torch.device,
-    repeats: int, peak: float, flops: dict[str, tuple[float, float]],
-) -> list[Row]:
-    """Time a training step and a network call of both models in one mode, interleaved."""
-    schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
-    fmt = mode.memory_format
-    gen = torch.Generator().manual_seed(0)
+def bench_preset(
+    preset: str, cfg: Config, modes: list[Mode], batch: int, device: torch.device, repeats: int,
+    peaks: dict[torch.dtype, float],
+) -> tuple[list[Row], str]:
+    """Time a training step and a network call of both models in every mode, all interleaved, so
+    that the speed-ups against diffusers in fp32 (the first mode) compare calls made side by side.
+    Returns the rows and a note on the preset."""
     size, channels = cfg.model.image_size, cfg.model.in_channels
-    x0 = (torch.rand(batch, channels, size, size, generator=gen) * 2 - 1).to(device, memory_format=fmt)
-    noise = torch.randn(x0.shape, generator=gen).to(device, memory_format=fmt)
+    pair = build_pair(cfg.model)
+    note = (
+        f"{preset}: {size}x{size}, batch {batch}, parameters "
+        + " / ".join(f"{parameter_count(m) / 1e6:.2f}M ({name})" for name, m in pair.items())
+    )
+    x = torch.randn(1, channels, size, size)
+    t = torch.tensor([cfg.diffusion.timesteps // 2])
+    flops = {
+        name: (gflop_per_image(m.eval(), x, t, backward=False), gflop_per_image(m.train(), x, t, backward=True))
+        for name, m in pair.items()
+    }
+    schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
+    gen = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(batch, channels, size, size, generator=gen) * 2 - 1).to(device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
     t = torch.randint(0, cfg.diffusion.timesteps, (batch,), generator=gen).to(device)
-
-    steps = {name: make_steps(module, mode, device, schedule, x0, noise, t) for name, module in pair.items()}
-    train_s = interleaved_medians({name: train for name, (train, _) in steps.items()}, repeats, device)
-    sample_s = interleaved_medians({name: sample for name, (_, sample) in steps.items()}, repeats, device)
+    steps = {
+        (mode, name): make_steps(
+            module, mode, device, schedule, x0.contiguous(memory_format=mode.memory_format),
+            noise.contiguous(memory_format=mode.memory_format), t,
+        )
+        for mode in modes for name, module in pair.items()
+    }
+    train_s = interleaved_medians({key: train for key, (train, _) in steps.items()}, repeats, device)
+    sample_s = interleaved_medians({key: sample for key, (_, sample) in steps.items()}, repeats, device)
+    reference = (modes[0], "diffusers")
     rows = []
-    for name in pair:
+    for mode, name in steps:
         forward, train = flops[name]
-        img_s = batch / train_s[name]
+        train_gflops = train * batch / train_s[mode, name]
+        sample_gflops = forward * batch / sample_s[mode, name]
+        peak = peaks[mode.compute_dtype]
         rows.append(Row(
-            preset, mode.name, name, img_s, 1e3 * sample_s[name], forward, train * img_s,
-            train * img_s / peak, forward * batch / sample_s[name], forward * batch / sample_s[name] / peak,
+            preset, mode.name, name, batch / train_s[mode, name], 1e3 * sample_s[mode, name], forward,
+            train_gflops, train_gflops / peak, sample_gflops, sample_gflops / peak,
+            train_s[reference] / train_s[mode, name], sample_s[reference] / sample_s[mode, name],
         ))
-    return rows
+    return rows, note
 
 
 def run_benchmark(
-    presets: list[str], mode_names: list[str], device: torch.device, repeats: int
+    presets: list[str], modes: list[Mode], device: torch.device, repeats: int
 ) -> tuple[list[Row], list[str]]:
     """Rows of the table and notes (machine, peaks, skipped modes). fp32 is always measured: it
     is the reference of the speed-up columns."""
-    modes = tuple(MODES[name] for name in dict.fromkeys(["fp32", *mode_names]))
+    modes = list({mode.name: mode for mode in [Mode("fp32"), *modes]}.values())
     peaks = {dtype: peak_gflops(dtype, device) for dtype in {m.compute_dtype for m in modes}}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     notes = [
@@ -315,33 +341,15 @@ def run_benchmark(
     ]
     slow = [m.name for m in modes if peaks[m.compute_dtype] < peaks[torch.float32]]
     if slow:
-        modes = tuple(m for m in modes if m.name not in slow)
+        modes = [m for m in modes if m.name not in slow]
         notes.append(f"skipped {', '.join(slow)}: bf16 is slower than fp32 on this processor (no bf16 instructions)")
     rows = []
     for preset in presets:
         preset_name, cfg = load_preset(preset)
         batch = PRESET_BATCH[device.type].get(preset_name, cfg.train.batch_size)
-        pair = build_pair(cfg.model)
-        notes.append(
-            f"{preset_name}: {cfg.model.image_size}x{cfg.model.image_size}, batch {batch}, parameters "
-            + " / ".join(f"{parameter_count(m) / 1e6:.2f}M ({n})" for n, m in pair.items())
-        )
-        x = torch.randn(1, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
-        t = torch.tensor([cfg.diffusion.timesteps // 2])
-        flops = {
-            n: (gflop_per_image(m.eval(), x, t, backward=False), gflop_per_image(m.train(), x, t, backward=True))
-            for n, m in pair.items()
-        }
-        preset_rows = []
-        for mode in modes:
-            preset_rows += bench_mode(
-                preset_name, cfg, pair, mode, batch, device, repeats, peaks[mode.compute_dtype], flops
-            )
-        reference = next(r for r in preset_rows if r.mode == "fp32" and r.model == "diffusers")
-        for row in preset_rows:
-            row.train_x = row.train_img_s / reference.train_img_s
-            row.sample_x = reference.sample_ms / row.sample_ms
+        preset_rows, note = bench_preset(preset_name, cfg, modes, batch, device, repeats, peaks)
         rows += preset_rows
+        notes.append(note)
     return rows, notes
 
 
@@ -370,9 +378,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median; default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["fp32", "bf16", "channels_last"],
-                        help="rows to measure besides fp32 (default: fp32 bf16 channels_last; "
-                        "compile and bf16+compile take minutes to compile on a CPU)")
+    parser.add_argument("--modes", nargs="+", type=Mode.parse, default=[Mode.parse(m) for m in DEFAULT_MODES],
+                        help="rows besides fp32: fp32 or +-joined bf16, channels_last, compile, e.g. "
+                        "channels_last+compile (default: fp32 bf16 channels_last; compiling takes minutes on a CPU)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
     args = parser.parse_args(argv)
     if args.repeats < 1:

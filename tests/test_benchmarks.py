@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import subprocess
@@ -77,6 +78,7 @@ def test_model_benchmark_prints_a_table(tmp_path, repo_root):
            "--repeats", "1", "--threads", "1", "--markdown"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert result.returncode == 0, result.stderr
+    assert "1 thread(s)" in result.stdout
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| preset"))
     assert [c.strip() for c in header.strip("|").split("|")] == list(bench_models.COLUMNS)
@@ -90,6 +92,31 @@ def test_model_benchmark_prints_a_table(tmp_path, repo_root):
 def test_model_benchmark_rejects_bad_flags():
     with pytest.raises(UserError, match="--repeats must be at least 1"):
         bench_models.main(["--repeats", "0"])
+    with pytest.raises(SystemExit):
+        bench_models.main(["--modes", "fp16"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_device_without_a_gpu_is_refused():
+    with pytest.raises(UserError, match="no CUDA device"):
+        bench_models.main(["--device", "cuda"])
+
+
+def test_modes_combine_with_plus():
+    mode = bench_models.Mode.parse("bf16+channels_last+compile")
+    assert (mode.dtype, mode.channels_last, mode.compile) == (torch.bfloat16, True, True)
+    assert mode.memory_format == torch.channels_last
+    fp32 = bench_models.Mode.parse("fp32")
+    assert (fp32.compute_dtype, fp32.memory_format, fp32.compile) == (torch.float32, torch.contiguous_format, False)
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown mode 'bf16\\+fast'"):
+        bench_models.Mode.parse("bf16+fast")
+
+
+def test_plain_table_is_aligned():
+    row = bench_models.Row("digits", "fp32", "ours", 100.0, 12.5, 0.13, 39.0, 0.5, 33.0, 0.45, 1.1, 1.05)
+    lines = bench_models.format_table([row, row], markdown=False).splitlines()
+    assert len(lines) == 3 and len({len(line) for line in lines}) == 1
+    assert lines[1].split() == ["digits", "fp32", "ours", "100.0", "12.5", "0.13", "39.0", "50%", "33.0", "45%", "1.10", "1.05"]
 
 
 def test_data_benchmark_runs(repo_root):
