@@ -1,0 +1,164 @@
+"""Sample quality of a digits checkpoint: FID in the feature space of a digit classifier.
+
+Inception features mean little for 16x16 grayscale digits, so this trains (once, cached under
+Data/cache/) a small CNN classifier on the bundled digits and measures, over N samples:
+
+* FID between the classifier's penultimate features of the samples and of the training data;
+* the predicted-class histogram (all ten digits should appear, about 10% each);
+* the share of samples the classifier labels with >= 90% confidence (legible digits).
+
+    python benchmarks/digits_quality.py --checkpoint Models/<run> [--samplers ddpm ddim:50 dpm++:20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusion.checkpoint import load_checkpoint  # noqa: E402
+from diffusion.config import from_dict  # noqa: E402
+from diffusion.data import prepare_dataset  # noqa: E402
+from diffusion.errors import run_cli  # noqa: E402
+from diffusion.fid import compare_image_sets  # noqa: E402
+from diffusion.media import to_uint8  # noqa: E402
+from diffusion.samplers import generate  # noqa: E402
+from diffusion.schedule import NoiseSchedule  # noqa: E402
+from models import UNet  # noqa: E402
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN for 16x16 digits; ``features`` is its 128-d penultimate layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(),
+        )
+        self.head = nn.Linear(128, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def digits_data(root: str = "Data") -> tuple[torch.Tensor, torch.Tensor]:
+    """The 16x16 training images in [-1, 1] (N, 1, 16, 16) as the model sees them, and labels."""
+    from sklearn.datasets import load_digits
+
+    from diffusion.config import DataConfig
+
+    images = prepare_dataset(DataConfig(source="digits", root=root, image_size=16, random_flip=False))
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, torch.from_numpy(load_digits().target)
+
+
+def trained_classifier(root: str = "Data", seed: int = 0) -> DigitClassifier:
+    """Train the classifier on 90% of the digits (cached); prints its held-out accuracy."""
+    path = Path(root) / "cache" / f"digits16_classifier_seed{seed}.pt"
+    model = DigitClassifier()
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    x, y = digits_data(root)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=g)
+    train, held = order[: int(0.9 * len(x))], order[int(0.9 * len(x)):]
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(30):
+        for idx in train[torch.randperm(len(train), generator=g)].split(64):
+            shift = torch.randint(-1, 2, (2,), generator=g).tolist()  # +-1 px translations
+            xb = torch.roll(x[idx], shifts=shift, dims=(2, 3))
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x[held]).argmax(1) == y[held]).float().mean().item()
+    print(f"digit classifier: held-out accuracy {acc:.3f} ({len(held)} images)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+class ClassifierFeatures(nn.Module):
+    """The FID feature extractor: uint8 (N, 3, H, W) images -> the classifier's 128-d features."""
+
+    def __init__(self, classifier: DigitClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(images[:, :1].float() / 127.5 - 1)
+
+
+@torch.no_grad()
+def quality(classifier: DigitClassifier, samples: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """FID (classifier features), class-histogram balance and share of confident samples."""
+    as_uint8 = lambda x: to_uint8(x).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    fid = compare_image_sets(as_uint8(real), as_uint8(samples), ClassifierFeatures(classifier), kid=False).fid
+    probs = classifier(samples).softmax(1)
+    hist = torch.bincount(probs.argmax(1), minlength=10).float() / len(samples)
+    return {
+        "fid": fid,
+        "min_class_share": hist.min().item(),
+        "max_class_share": hist.max().item(),
+        "confident": (probs.max(1).values >= 0.9).float().mean().item(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    parser.add_argument("--samplers", nargs="+", default=["default", "ddim:50"],
+                        help="sampler[:steps] list; 'default' uses the checkpoint's sample section")
+    parser.add_argument("--num-samples", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--root", default="Data")
+    args = parser.parse_args()
+
+    state = load_checkpoint(args.checkpoint)
+    cfg = from_dict(state["config"])
+    model = UNet(**cfg.to_dict()["model"])
+    model.load_state_dict(state["ema"])
+    model.eval()
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    classifier = trained_classifier(args.root)
+    real, _ = digits_data(args.root)
+    print(f"real vs real (500 random training images): {quality(classifier, real[torch.randperm(len(real))[:500]], real)}")
+    print(f"checkpoint {args.checkpoint} at step {state['step']}")
+    print("| sampler | steps | FID (classifier) | min class % | max class % | confident % | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for spec in args.samplers:
+        name, _, steps = spec.partition(":")
+        if name == "default":
+            name, steps = cfg.sample.sampler, str(cfg.sample.steps)
+        steps_n = int(steps) if steps else cfg.sample.steps
+        start = time.perf_counter()
+        samples = generate(model, schedule, args.num_samples, sampler=name, steps=steps_n, eta=0.0,
+                           seed=args.seed, batch_size=250, clip_denoised=cfg.sample.clip_denoised,
+                           ddpm_variance=cfg.sample.ddpm_variance)
+        seconds = time.perf_counter() - start
+        q = quality(classifier, samples, real)
+        print(f"| {name} | {steps_n} | {q['fid']:.2f} | {100 * q['min_class_share']:.1f} | "
+              f"{100 * q['max_class_share']:.1f} | {100 * q['confident']:.1f} | {seconds:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
