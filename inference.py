@@ -13,15 +13,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from diffusion.device import PRECISIONS, resolve_device
 from diffusion.errors import UserError, run_cli
-from diffusion.generate import (
-    PRECISIONS,
-    VIDEO_FORMATS,
-    default_out_dir,
-    load_model,
-    resolve_device,
-    write_samples,
-)
+from diffusion.generate import VIDEO_FORMATS, default_out_dir, load_model, write_samples
 from diffusion.samplers import SAMPLERS
 
 
@@ -63,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
     overrides = {
         "num_samples": args.num_samples, "batch_size": args.batch_size, "sampler": args.sampler,

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion.config import DataConfig  # noqa: E402
 from diffusion.data import BatchIterator, prepare_dataset  # noqa: E402
+from diffusion.device import resolve_device  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 
 
@@ -69,12 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.images < args.batch:
         raise UserError(f"--images ({args.images}) must be at least --batch ({args.batch})")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+    device = resolve_device(args.device, "--device")
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         root = Path(tmp)
         write_image_folder(root / "images", args.images, args.size)
-        result = bench_data(root, args.size, args.batch, torch.device(args.device), args.workers)
+        result = bench_data(root, args.size, args.batch, device, args.workers)
     print(f"{args.images} JPEGs -> {args.size}x{args.size}, batch {args.batch}, {args.device}, "
           f"{torch.get_num_threads()} torch thread(s)")
     for name, value in result.items():

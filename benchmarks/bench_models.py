@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion.config import Config, ModelConfig, load_config  # noqa: E402
+from diffusion.device import resolve_device  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.schedule import NoiseSchedule  # noqa: E402
 from models import UNet  # noqa: E402
@@ -385,11 +386,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+    device = resolve_device(args.device, "--device")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows, notes = run_benchmark(args.preset, args.modes, torch.device(args.device), args.repeats)
+    rows, notes = run_benchmark(args.preset, args.modes, device, args.repeats)
     print("\n".join(notes), end="\n\n")
     print(format_table(rows, args.markdown))
 

@@ -20,36 +20,15 @@ import torch
 
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
 from diffusion.config import Config, SampleConfig, from_dict
+from diffusion.device import autocast_dtype, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
 from diffusion.samplers import ReverseStep, animation_steps, generate, timestep_sequence
 from diffusion.schedule import NoiseSchedule
-from diffusion.trainer import autocast_dtype, build_model
+from diffusion.trainer import build_model
 from models import UNet
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 VIDEO_FORMATS = ("mp4", "gif", "none")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; any other name must be usable on this machine."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if torch.backends.mps.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device '{name}': expected auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}': CUDA is not available on this machine (use --device cpu)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device '{name}': MPS is not available on this machine (use --device cpu)")
-    return device
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 @dataclass
@@ -191,8 +170,6 @@ def write_samples(
     check_options(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
-    if precision not in PRECISIONS:
-        raise UserError(f"precision: expected one of {', '.join(PRECISIONS)}, got '{precision}'")
     out_dir = Path(out_dir)
     device = next(loaded.model.parameters()).device
     dtype = autocast_dtype(precision, device)

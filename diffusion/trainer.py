@@ -46,6 +46,7 @@ from diffusion import distributed
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from diffusion.config import Config, TrainConfig
 from diffusion.data import BatchIterator, channels_of, prepare_dataset
+from diffusion.device import autocast_dtype, resolve_device
 from diffusion.ema import EMA
 from diffusion.errors import CheckpointError, ConfigError
 from diffusion.schedule import NoiseSchedule
@@ -61,28 +62,6 @@ class NonFiniteLossError(RuntimeError):
 def train(cfg: Config, resume: str | Path | bool | None = None) -> Path:
     """Train (or resume, see :class:`Trainer`) and return the run folder."""
     return Trainer(cfg, resume).run()
-
-
-def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """``train.device`` as a torch device; ``auto`` picks cuda, then mps, then cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device: cuda requested but torch.cuda.is_available() is False")
-        return torch.device("cuda", local_rank)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device: mps requested but torch.backends.mps.is_available() is False")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.precision`` (None: fp32); ``auto`` is bf16 on CUDA, else fp32."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision: this GPU has no bf16 support; use fp16 or fp32")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def learning_rate(step: int, train_cfg: TrainConfig) -> float:
@@ -148,8 +127,8 @@ class Trainer:
     def __init__(self, cfg: Config, resume: str | Path | bool | None = None) -> None:
         self.cfg = cfg
         self.env = distributed.from_environment()
-        self.device = select_device(cfg.train.device, self.env.local_rank)
-        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        self.device = resolve_device(cfg.train.device, "train.device", self.env.local_rank)
+        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device, "train.precision")
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         channels = channels_of(cfg.data.source)
         if cfg.model.in_channels != channels:

@@ -218,7 +218,8 @@ def test_unusable_checkpoints_are_one_line_errors(case, expected, broken, tmp_pa
         (["--eta", "1.5"], "sample.eta (--eta): expected a value in [0, 1], got 1.5"),
         (["--eta", "-0.1"], "sample.eta (--eta): expected a value in [0, 1], got -0.1"),
         (["--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
-        (["--device", "tpu"], "device 'tpu': expected auto, cpu, cuda, cuda:N or mps"),
+        (["--device", "tpu"], "--device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+        (["--device", "meta"], "--device: expected auto, cpu, cuda, cuda:N or mps, got 'meta'"),
     ],
 )
 def test_bad_flags_are_one_line_errors(flags, expected, tiny_run, tmp_path, capsys):
@@ -229,7 +230,8 @@ def test_bad_flags_are_one_line_errors(flags, expected, tiny_run, tmp_path, caps
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_asking_for_a_missing_gpu_is_a_one_line_error(tiny_run, tmp_path, capsys):
-    assert "CUDA is not available" in fails(["--checkpoint", str(tiny_run), "--device", "cuda"], capsys)
+    err = fails(["--checkpoint", str(tiny_run), "--device", "cuda:1"], capsys)
+    assert "--device: 'cuda:1' requested but CUDA is not available on this machine; use cpu" in err
 
 
 class _Payload:

@@ -321,7 +321,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert "unknown key 'stepz' (did you mean 'steps'?)" in cli_error(capsys, "--config", str(bad_yaml))
     assert "norm_groups" in cli_error(capsys, *base, f"data.root={tmp_path}", "model.norm_groups=3")
     if not torch.cuda.is_available():
-        assert "cuda requested" in cli_error(capsys, *base, "train.device=cuda")
+        assert "train.device: 'cuda' requested but CUDA is not available" in cli_error(capsys, *base, "train.device=cuda")
     assert not any(p.name != "empty" and p.name != "bad.yaml" for p in tmp_path.iterdir())  # no run folder made
 
 

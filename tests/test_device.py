@@ -1,0 +1,65 @@
+"""Device and precision names: what auto picks, this process's GPU under torchrun, and one-line
+errors naming the setting. CUDA is faked where a test needs it (torch.device needs no GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion.device import PRECISIONS, autocast_dtype, precision_name, resolve_device
+from diffusion.errors import UserError
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """A machine with two CUDA devices that support bf16, as far as these functions can tell."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_auto_prefers_cuda_and_a_bare_cuda_is_this_processes_gpu(two_gpus):
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda", "train.device", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:1", local_rank=0) == torch.device("cuda", 1)  # an explicit index wins
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match=r"^--device: 'cuda:2' requested but this machine has 2 CUDA device\(s\)$"):
+        resolve_device("cuda:2", "--device")
+
+
+def test_auto_falls_back_to_cpu_and_missing_devices_are_one_line_errors(no_accelerator):
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match=r"^train\.device: 'cuda' requested but CUDA is not available on this machine; use cpu$"):
+        resolve_device("cuda", "train.device")
+    with pytest.raises(UserError, match=r"^--device: 'mps' requested but MPS is not available on this machine; use cpu$"):
+        resolve_device("mps", "--device")
+
+
+@pytest.mark.parametrize("name", ["tpu", "meta", "cuda:x", ""])
+def test_unknown_device_names_are_one_line_errors(name):
+    with pytest.raises(UserError) as err:
+        resolve_device(name, "--device")
+    assert str(err.value) == f"--device: expected auto, cpu, cuda, cuda:N or mps, got '{name}'"
+
+
+def test_autocast_dtypes_and_their_names(two_gpus):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("auto", gpu) == torch.bfloat16
+    assert [autocast_dtype(p, cpu) for p in ("fp32", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
+    assert [precision_name(autocast_dtype(p, cpu)) for p in PRECISIONS] == ["fp32", "fp32", "bf16", "fp16"]
+    with pytest.raises(UserError, match=r"^--precision: expected one of auto, fp32, bf16, fp16, got 'fp8'$"):
+        autocast_dtype("fp8", cpu, "--precision")
+
+
+def test_bf16_on_a_gpu_without_it_is_a_one_line_error(two_gpus, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    with pytest.raises(UserError, match=r"^train\.precision: this GPU has no bf16 support; use fp16 or fp32$"):
+        autocast_dtype("auto", torch.device("cuda", 0), "train.precision")
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # CPU autocast has bf16
