@@ -2,6 +2,7 @@
 
     python inference.py --checkpoint Models/<run>            # the run's checkpoints/last.pt
     python inference.py --checkpoint Models/<run>/checkpoints/step_0100000.pt --sampler ddim --steps 50
+    python inference.py --checkpoint Models/<run> --num-samples 10000 --sampler dpm++ --steps 20 --fid
 
 Defaults come from the checkpoint's ``sample:`` config section; flags override them. Files go to
 ``Models/<run>/samples/<timestamp>/`` unless ``--out`` is given.
@@ -15,7 +16,13 @@ from pathlib import Path
 
 from diffusion.device import PRECISIONS, resolve_device
 from diffusion.errors import UserError, run_cli
-from diffusion.generate import VIDEO_FORMATS, default_out_dir, load_model, write_samples
+from diffusion.generate import (
+    VIDEO_FORMATS,
+    default_out_dir,
+    load_model,
+    write_record,
+    write_samples,
+)
 from diffusion.samplers import SAMPLERS
 
 
@@ -52,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video", choices=VIDEO_FORMATS, default="mp4", help="denoising animation format (default: mp4)")
     p.add_argument("--frames", type=_positive_int, help="frames of the animation (default: sample.frames)")
     p.add_argument("--fps", type=_positive_int, help="frames per second of the animation (default: sample.fps)")
+    p.add_argument(
+        "--fid", action="store_true",
+        help="also compute FID and KID of the samples against the training data; needs the 'fid' extra;"
+        " use >= 10000 samples for unbiased numbers",
+    )
     return p.parse_args(argv)
 
 
@@ -64,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps, "eta": args.eta, "seed": args.seed, "frames": args.frames, "fps": args.fps,
     }
     options = dataclasses.replace(loaded.config.sample, **{k: v for k, v in overrides.items() if v is not None})
+    if args.fid:  # before sampling: too few samples, a missing 'fid' extra or Inception weights stop here
+        if options.num_samples < 2:
+            raise UserError(f"--fid needs at least 2 samples, got --num-samples {options.num_samples}")
+        from diffusion.fid import fid_of_samples, inception_extractor
+
+        extractor = inception_extractor(device)
     out_dir = args.out if args.out is not None else default_out_dir(loaded.path)
     print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.weights} weights)")
     print(
@@ -71,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         f"on {device}",
         flush=True,
     )
-    record = write_samples(
+    images, record = write_samples(
         loaded, options, out_dir,
         precision=args.precision or loaded.config.train.precision,
         grid=not args.no_grid, save_images=args.save_images, video=args.video, progress=True,
@@ -80,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in [*record["files"], "samples.json"]:
         count = f" ({options.num_samples} PNG files)" if name == "images" else ""
         print(f"  {out_dir / name}{count}")
+    if args.fid:
+        result = fid_of_samples(images, loaded.config.data, device, extractor=extractor)
+        record.update(fid=result.fid, kid_mean=result.kid_mean, kid_std=result.kid_std,
+                      fid_reference_images=result.num_reference)
+        write_record(record, out_dir)
+        print(result.summary(options.sampler, options.steps))
     return 0
 
 

@@ -163,10 +163,11 @@ def write_samples(
     save_images: bool = False,
     video: str = "mp4",
     progress: bool = False,
-) -> dict[str, Any]:
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Sample from ``loaded`` and write into ``out_dir``: ``grid.png``, ``images/000000.png`` ...
     (with ``save_images``), ``denoise.mp4`` / ``.gif`` (``video``; ``options.frames`` frames at
-    ``options.fps``, the final image held a second) and ``samples.json``. Returns that record."""
+    ``options.fps``, the final image held a second) and ``samples.json``. Returns the samples
+    (N, C, H, W) in [-1, 1] and that record."""
     check_options(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
@@ -203,6 +204,13 @@ def write_samples(
         "wall_seconds": round(time.perf_counter() - started, 3),
         "files": [str(f.relative_to(out_dir)) for f in files],
     }
-    with atomic_path(out_dir / "samples.json") as tmp:
+    write_record(record, out_dir)
+    return images, record
+
+
+def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write, or rewrite with more entries, ``out_dir/samples.json`` (atomically)."""
+    path = Path(out_dir) / "samples.json"
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return path

@@ -136,6 +136,11 @@ class Trainer:
                 f"model.in_channels is {cfg.model.in_channels} but data.source '{cfg.data.source}' has"
                 f" {channels} channel(s); set model.in_channels={channels}"
             )
+        self.fid_extractor = None  # made now: a missing 'fid' extra or Inception weights stop the run before step 1
+        if cfg.log.fid_every and self.env.is_main:
+            from diffusion.fid import inception_extractor
+
+            self.fid_extractor = inception_extractor(self.device)
         distributed.init_process_group(self.env, self.device)
         self.run_dir, checkpoint = self.env.broadcast(self._run_folder(resume) if self.env.is_main else None)
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -432,7 +437,8 @@ class Trainer:
         from diffusion.fid import fid_of_model
 
         value = fid_of_model(
-            self.ema.module, self.schedule, self.cfg, self.cfg.log.fid_samples, self.device, autocast_dtype=self.amp_dtype
+            self.ema.module, self.schedule, self.cfg, self.cfg.log.fid_samples, self.device,
+            autocast_dtype=self.amp_dtype, extractor=self.fid_extractor,
         )
         self.writer.add_scalar("eval/fid", value, self.step)
         self.bar.write(f"step {self.step}: FID {value:.2f} ({self.cfg.log.fid_samples} EMA samples)")

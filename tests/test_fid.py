@@ -12,38 +12,22 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import RandomConvFeatures, write_random_inception_weights
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
-from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 import diffusion.fid as fid
+from diffusion.checkpoint import load_checkpoint
 from diffusion.config import DataConfig, load_config
 from diffusion.data import prepare_dataset
 from diffusion.errors import UserError
 from diffusion.media import to_uint8
 from diffusion.samplers import generate
 from diffusion.schedule import NoiseSchedule
+from diffusion.trainer import build_model, train
 from models import UNet
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-
-
-class RandomConvFeatures(nn.Module):
-    """A fixed random conv net: uint8 (N, 3, H, W) -> (N, 16); counts the images it has seen."""
-
-    name = "random-conv16"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3)
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 0.5)
-            self.conv.bias.copy_(torch.randn(16, generator=generator) * 0.1)
-        self.images_seen = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.images_seen += len(x)
-        return torch.tanh(self.conv(x.float() / 127.5 - 1)).mean((2, 3))
 
 
 def random_images(n: int, seed: int, high: int = 256, channels: int = 3, size: int = 8) -> np.ndarray:
@@ -193,16 +177,8 @@ def test_invalid_weights_file_is_a_one_line_error(offline_hub, contents):
     assert "\n" not in str(err.value) and str(offline_hub) in str(err.value)
 
 
-def test_inception_extractor_with_weights_in_the_hub_cache(offline_hub, tmp_path):
-    class NotLoaded(FeatureExtractorInceptionV3):  # builds the architecture without weights
-        def load_state_dict(self, *args, **kwargs):
-            return None
-
-    empty = tmp_path / "empty.pt"
-    torch.save({}, empty)
-    torch.manual_seed(0)
-    offline_hub.parent.mkdir(parents=True)
-    torch.save(NotLoaded("random", ["2048"], feature_extractor_weights_path=str(empty)).state_dict(), offline_hub)
+def test_inception_extractor_with_weights_in_the_hub_cache(offline_hub):
+    write_random_inception_weights(offline_hub)
 
     inception = fid.inception_extractor("cpu")  # found in the cache: no download tried
     assert inception.name == fid.INCEPTION_NAME
@@ -247,3 +223,32 @@ def test_fid_of_model_samples_with_the_training_time_sampler(repo_root, tmp_path
     samples = generate(model, schedule, 6, sampler="ddim", steps=3, seed=5, batch_size=4, device="cpu")
     expected = fid.fid_of_samples(samples, cfg.data, "cpu", extractor=RandomConvFeatures(), kid=False, progress=False)
     assert value == pytest.approx(expected.fid, rel=1e-9) and value > 0
+
+
+def test_training_logs_the_fid_of_the_ema_model_every_fid_every_steps(repo_root, tmp_path, monkeypatch, capsys):
+    """log.fid_every: the feature network is made once, before the first step; each FID is that of
+    log.fid_samples samples of the EMA weights, to TensorBoard and the console."""
+    made = []
+    monkeypatch.setattr(fid, "inception_extractor", lambda device: made.append(device) or RandomConvFeatures())
+    cfg = load_config(
+        repo_root / "Configs" / "digits.yaml",
+        [f"data.root={tmp_path / 'data'}", "data.image_size=8", "model.image_size=8", "model.base_channels=8",
+         "model.channel_mult=[1,2]", "model.num_res_blocks=1", "model.attention_resolutions=[]", "model.norm_groups=4",
+         "train.steps=2", "train.batch_size=4", "train.device=cpu", f"log.root={tmp_path / 'Models'}",
+         "log.run_name=fid", "log.sample_every=0", "log.fid_every=1", "log.fid_samples=4",
+         "log.sample_sampler=ddim", "log.sample_steps=2"],
+    )
+    run = train(cfg)
+    assert made == [torch.device("cpu")]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("eval/fid")]
+    assert [step for step, _ in logged] == [1, 2]
+    assert f"step 2: FID {logged[1][1]:.2f} (4 EMA samples)" in capsys.readouterr().out
+
+    state = load_checkpoint(run)  # written at step 2, after the FID: its EMA weights are the ones scored
+    ema = build_model(cfg)
+    ema.load_state_dict(state["ema"])
+    expected = fid.fid_of_model(ema, NoiseSchedule.from_config(cfg.diffusion), cfg, 4, "cpu", extractor=RandomConvFeatures())
+    assert logged[1][1] == pytest.approx(expected, rel=1e-6) and expected > 0
+    assert len(list((tmp_path / "data" / "cache").glob("fid-*-random-conv16.pt"))) == 1

@@ -7,18 +7,22 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
 
 import imageio.v2 as imageio
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, RandomConvFeatures, subprocess_env, write_random_inception_weights
 
+import diffusion.fid
 import inference
 from diffusion.checkpoint import save_checkpoint
 from diffusion.config import from_dict
+from diffusion.data import prepare_dataset
 from diffusion.errors import run_cli
 from diffusion.schedule import NoiseSchedule
 from models import UNet
@@ -218,6 +222,7 @@ def test_unusable_checkpoints_are_one_line_errors(case, expected, broken, tmp_pa
         (["--eta", "1.5"], "sample.eta (--eta): expected a value in [0, 1], got 1.5"),
         (["--eta", "-0.1"], "sample.eta (--eta): expected a value in [0, 1], got -0.1"),
         (["--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
+        (["--fid", "--num-samples", "1"], "--fid needs at least 2 samples, got --num-samples 1"),
         (["--device", "tpu"], "--device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
         (["--device", "meta"], "--device: expected auto, cpu, cuda, cuda:N or mps, got 'meta'"),
     ],
@@ -274,3 +279,84 @@ def test_samples_a_run_folder_written_by_the_trainer(tmp_path):
     record = sample(run, tmp_path / "out", "--steps", "5", "--frames", "3")
     assert record["checkpoint"] == str(run / "checkpoints" / "last.pt") and record["step"] == 3
     assert record["files"] == ["grid.png", "denoise.mp4"]
+
+
+# FID ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def digits_checkpoint(tiny_run, tmp_path) -> Path:
+    """The tiny checkpoint with its training data, the digits at 8x8, under ``tmp_path/data``."""
+    state = torch.load(checkpoint_of(tiny_run), weights_only=True)
+    config = {**state["config"], "data": {**state["config"]["data"], "root": str(tmp_path / "data")}}
+    path = tmp_path / "digits" / "checkpoints" / "last.pt"
+    save_checkpoint({**state, "config": config}, path)
+    return path
+
+
+def training_data_of(checkpoint: Path) -> np.ndarray:
+    """The prepared training set named by a checkpoint's config."""
+    return prepare_dataset(from_dict(torch.load(checkpoint, weights_only=True)["config"]).data)
+
+
+def test_fid_flag_scores_the_samples_against_the_training_data(digits_checkpoint, tmp_path, monkeypatch, capsys):
+    """--fid with a small feature network in place of Inception: the FID and KID in samples.json
+    and the printed report are those of the written images against the checkpoint's training set."""
+    made = []
+    monkeypatch.setattr(diffusion.fid, "inception_extractor", lambda device: made.append(device) or RandomConvFeatures())
+    out = tmp_path / "out"
+    record = sample(digits_checkpoint, out, "--fid", "--save-images", "--video", "none", "--sampler", "ddim", "--steps", "5")
+    assert made == [torch.device("cpu")]
+
+    pixels = np.stack([read_png(path) for path in sorted((out / "images").iterdir())])[..., None]
+    training_set = training_data_of(digits_checkpoint)
+    expected = diffusion.fid.compare_image_sets(training_set, pixels, RandomConvFeatures())
+    assert record["fid"] == pytest.approx(expected.fid, rel=1e-9) and record["fid"] > 0
+    assert record["kid_mean"] == pytest.approx(expected.kid_mean, rel=1e-9)
+    assert record["kid_std"] == pytest.approx(expected.kid_std, abs=1e-12)
+    assert record["fid_reference_images"] == len(training_set) == 1797
+
+    printed = capsys.readouterr().out
+    assert f"FID {record['fid']:.3f} of 6 samples (ddim, 5 steps) against 1797 training images" in printed
+    assert f"KID {record['kid_mean']:.5f} ± {record['kid_std']:.5f}" in printed
+    assert "warning: FID from fewer than 10000 samples is biased upwards" in printed
+
+
+def test_fid_without_inception_weights_stops_before_sampling(digits_checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    err = fails(["--checkpoint", str(digits_checkpoint), "--out", str(tmp_path / "out"), "--fid"], capsys)
+    assert "could not download the Inception weights" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_fid_cli_with_the_real_inception_network(digits_checkpoint, tmp_path):
+    """The command line end to end with torch-fidelity's Inception (random weights in $TORCH_HOME,
+    nothing downloaded) and reference statistics already cached for the training set. Slow: the
+    imports, and the 2048-d matrix square root of FID (an eigendecomposition, seconds on one core)."""
+    torch_home = tmp_path / "torch"
+    write_random_inception_weights(torch_home / "hub" / "checkpoints" / diffusion.fid.URL_INCEPTION_V3.rsplit("/", 1)[-1])
+    training_set = training_data_of(digits_checkpoint)
+    cache = diffusion.fid.reference_cache_path(training_set, SimpleNamespace(name=diffusion.fid.INCEPTION_NAME))
+    features = torch.rand(64, 2048, generator=torch.Generator().manual_seed(0))
+    reference = diffusion.fid.ReferenceStatistics(
+        features.double().sum(0), features.double().T @ features.double(), len(features), features
+    )
+    save_checkpoint(vars(reference), cache)
+
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "inference.py", "--checkpoint", str(digits_checkpoint), "--out", str(out), "--fid",
+         "--num-samples", "3", "--sampler", "ddim", "--steps", "5", "--video", "none"],
+        cwd=ROOT, env={**subprocess_env(), "TORCH_HOME": str(torch_home)}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "samples.json").read_text())
+    assert record["fid_reference_images"] == 64  # the cached statistics, not the 1797 digits
+    assert np.isfinite([record["fid"], record["kid_mean"], record["kid_std"]]).all() and record["fid"] > 0
+    assert f"FID {record['fid']:.3f} of 3 samples (ddim, 5 steps) against 64 training images" in done.stdout
