@@ -15,7 +15,7 @@ from conftest import subprocess_env
 from torch.utils.flop_counter import FlopCounterMode
 
 from attention import SpatialSelfAttention
-from benchmarks import bench_models
+from benchmarks import bench_data, bench_models, bench_sampling
 from diffusion.config import from_dict, load_config
 from diffusion.errors import UserError
 from models import UNet
@@ -125,3 +125,25 @@ def test_data_benchmark_runs(repo_root):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     assert "prepare img/s" in result.stdout and "batches img/s" in result.stdout
+
+
+def test_sampling_benchmark_extrapolates_from_a_few_steps(tmp_path, capsys):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    bench_sampling.main(["--preset", str(preset), "--threads", "1", "--num-samples", "3", "--max-steps", "2",
+                         "--channels-last"])
+    out = capsys.readouterr().out
+    assert out.startswith("3 images, cpu, 1 thread(s), channels-last")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| tiny")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("ddpm", "1000"), ("ddim", "50"), ("dpm++", "20")]
+    assert all(r[3].strip().endswith("(from 2 steps)") for r in rows)
+
+
+def test_sampling_benchmark_rejects_bad_flags():
+    with pytest.raises(UserError, match="--max-steps"):
+        bench_sampling.main(["--max-steps", "0"])
+
+
+def test_data_benchmark_needs_a_batch_of_images():
+    with pytest.raises(UserError, match="--images"):
+        bench_data.main(["--images", "8", "--batch", "16"])

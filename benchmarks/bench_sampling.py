@@ -1,0 +1,87 @@
+"""Wall time to sample a batch of images with DDPM-1000, DDIM-50 and DPM-Solver++(2M)-20.
+
+The network is freshly initialised: a step costs the same whatever the weights. With
+``--max-steps K`` only the first K steps of each sampler run and the total is extrapolated
+(every step makes one network call of the same cost), which makes the 64x64 model measurable
+on a CPU.
+
+    python benchmarks/bench_sampling.py [--preset digits config] [--device cpu] [--threads 1]
+                                        [--num-samples 64] [--max-steps 5] [--channels-last]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_models import load_preset, synchronize  # noqa: E402
+from diffusion.errors import UserError, run_cli  # noqa: E402
+from diffusion.samplers import NoiseStreams, reverse_process  # noqa: E402
+from diffusion.schedule import NoiseSchedule  # noqa: E402
+from models import UNet  # noqa: E402
+
+SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm++", 20))
+
+
+def sampling_seconds(
+    model: torch.nn.Module, schedule: NoiseSchedule, sampler: str, steps: int, num_samples: int,
+    device: torch.device, max_steps: int | None,
+) -> tuple[float, int]:
+    """Seconds for the whole reverse process (extrapolated from ``max_steps`` steps when given)
+    and the number of steps actually run."""
+    shape = (model.in_channels, model.image_size, model.image_size)
+    noise = NoiseStreams(0, range(num_samples), shape, device)
+    process = reverse_process(model, schedule, noise, sampler=sampler, steps=steps)
+    run = steps if max_steps is None else min(steps, max_steps)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in itertools.islice(process, run):
+        pass
+    synchronize(device)
+    return (time.perf_counter() - start) * steps / run, run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", nargs="+", default=["digits", "config"],
+                        help="preset names under Configs/ or YAML paths (default: digits config)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--num-samples", type=int, default=64, help="images sampled in one batch (default 64)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="run at most this many steps per sampler and extrapolate (default: all)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs")
+    args = parser.parse_args(argv)
+    if args.num_samples < 1 or (args.max_steps is not None and args.max_steps < 1):
+        raise UserError("--num-samples and --max-steps must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"{args.num_samples} images, {args.device}, {torch.get_num_threads()} thread(s)"
+          f"{', channels-last' if args.channels_last else ''}")
+    print("| preset | sampler | steps | seconds | ms per step |")
+    print("|---|---|---:|---:|---:|")
+    for preset in args.preset:
+        name, cfg = load_preset(preset)
+        model = UNet(**vars(cfg.model)).to(device).eval()
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
+        sampling_seconds(model, schedule, "ddim", 2, args.num_samples, device, None)  # warm-up
+        for sampler, steps in SAMPLERS:
+            total, run = sampling_seconds(model, schedule, sampler, steps, args.num_samples, device, args.max_steps)
+            seconds = f"{total:.1f}" + (f" (from {run} steps)" if run < steps else "")
+            print(f"| {name} | {sampler} | {steps} | {seconds} | {1e3 * total / steps:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)
