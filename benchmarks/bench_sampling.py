@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_models import load_preset, synchronize  # noqa: E402
+from diffusion.device import resolve_device  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.samplers import NoiseStreams, reverse_process  # noqa: E402
 from diffusion.schedule import NoiseSchedule  # noqa: E402
@@ -61,11 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.num_samples < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise UserError("--num-samples and --max-steps must be at least 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+    device = resolve_device(args.device, "--device")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     print(f"{args.num_samples} images, {args.device}, {torch.get_num_threads()} thread(s)"
           f"{', channels-last' if args.channels_last else ''}")
     print("| preset | sampler | steps | seconds | ms per step |")
