@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing
-import os
 import queue
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from diffusion.checkpoint import write_atomic
 from diffusion.config import DataConfig
 from diffusion.errors import DataError
 
@@ -109,18 +109,8 @@ def _open_cache(path: Path, size: int) -> np.ndarray:
 
 
 def _save_atomic(path: Path, images: np.ndarray) -> None:
-    """``np.save`` to a temporary file in the same folder, flush, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, images)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``np.save`` through :func:`write_atomic`: a crash never leaves a half-written cache."""
+    write_atomic(path, lambda f: np.save(f, images))
 
 
 def _load_image(path: Path, size: int, box: tuple[int, int, int, int] | None) -> tuple[np.ndarray | None, str]:

@@ -64,3 +64,12 @@ def write_random_inception_weights(path: Path) -> Path:
     torch.save(NotLoaded("random", ["2048"], feature_extractor_weights_path=str(empty)).state_dict(), path)
     empty.unlink()
     return path
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
+    """Replace every parameter (the zero-initialised ones too) with small random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model

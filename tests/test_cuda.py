@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_
 
 from attention import SpatialSelfAttention
 from diffusion.samplers import generate
@@ -29,15 +30,6 @@ def exact_fp32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Small random values in every parameter, the zero-initialised output layers included."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -63,7 +55,7 @@ def test_mixed_precision_training_steps_are_finite(dtype):
 
 
 def test_network_and_sampler_on_gpu_match_the_cpu():
-    model = randomize_(UNet(**TINY)).eval()
+    model = randomize_(UNet(**TINY), scale=0.05).eval()
     schedule = NoiseSchedule(timesteps=1000)
     x, t = torch.randn(4, 3, 16, 16), torch.tensor([0, 10, 500, 999])
     with torch.inference_mode():
@@ -82,7 +74,7 @@ def test_network_and_sampler_on_gpu_match_the_cpu():
 def test_sdpa_attention_equals_the_naive_reference(dtype, tol, heads):
     torch.manual_seed(0)
     c, side = 64, 8
-    attn = randomize_(SpatialSelfAttention(c, num_heads=heads, norm_groups=8)).cuda()
+    attn = randomize_(SpatialSelfAttention(c, num_heads=heads, norm_groups=8), scale=0.05).cuda()
     x = torch.randn(2, c, side, side, device="cuda")
     d = c // heads
     tokens = F.group_norm(x, 8, attn.norm.weight, attn.norm.bias, attn.norm.eps).flatten(2).transpose(1, 2)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import randomize_
 
 from attention import SpatialSelfAttention
 from diffusion.config import load_config
@@ -13,15 +14,6 @@ from models import UNet, sinusoidal_embedding
 
 TINY = dict(image_size=8, in_channels=3, base_channels=16, channel_mult=[1, 2], num_res_blocks=1,
             attention_resolutions=[4], norm_groups=4, dropout=0.0)
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Replace every parameter (the zero-initialised ones too) with small random values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
 
 
 @pytest.mark.parametrize("preset", ["digits", "ddpm_cifar10", "config"])
