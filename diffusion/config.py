@@ -302,6 +302,11 @@ def validate(cfg: Config, source: str = "config") -> Config:
     d = cfg.diffusion
     if not 0.0 < d.beta_start < d.beta_end < 1.0:
         raise ConfigError(f"{source}: diffusion.beta_start/beta_end: expected 0 < beta_start < beta_end < 1, got {d.beta_start}, {d.beta_end}")
+    if d.schedule == "linear" and d.beta_end * 1000 / d.timesteps >= 1.0:
+        raise ConfigError(
+            f"{source}: diffusion.timesteps ({d.timesteps}) is too small for the linear schedule: its betas are"
+            f" scaled by 1000/T, so T must exceed 1000 * beta_end = {1000 * d.beta_end:g}"
+        )
     for key, s in (("sample.steps", cfg.sample.steps), ("log.sample_steps", cfg.log.sample_steps)):
         if s > d.timesteps:
             raise ConfigError(f"{source}: {key} ({s}) must be <= diffusion.timesteps ({d.timesteps})")

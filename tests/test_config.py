@@ -74,6 +74,8 @@ def test_overrides_are_converted_to_the_field_type(repo_root):
         (["model.image_size=32"], "model.image_size (32) must equal data.image_size (16)"),
         (["sample.steps=5000"], "sample.steps (5000) must be <= diffusion.timesteps"),
         (["train.ema_decay=1.0"], "train.ema_decay"),
+        (["diffusion.timesteps=20", "diffusion.schedule=linear", "sample.steps=10", "log.sample_steps=10"],
+         "diffusion.timesteps (20) is too small for the linear schedule"),
     ],
 )
 def test_bad_overrides_give_one_line_errors(repo_root, overrides, message):
