@@ -137,7 +137,7 @@ def compute_reference_statistics(
 ) -> ReferenceStatistics:
     """Stream the images through the extractor once, accumulating the sums in float64."""
     if len(images) < 2:
-        raise ValueError(f"FID needs at least 2 reference images, got {len(images)}")
+        raise UserError(f"FID needs at least 2 reference (training) images, got {len(images)}")
     stats_device = _statistics_device(device)
     keep = np.zeros(len(images), dtype=bool)  # a fixed random subset for KID
     keep[np.random.default_rng(0).choice(len(images), min(len(images), KID_REFERENCE_SIZE), replace=False)] = True

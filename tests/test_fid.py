@@ -135,6 +135,8 @@ def test_fewer_than_two_samples_is_a_user_error():
     reference = fid.compute_reference_statistics(random_images(10, seed=8), extractor)
     with pytest.raises(UserError, match="at least 2 samples"):
         fid.compare_to_reference(random_images(1, seed=9), reference, extractor)
+    with pytest.raises(UserError, match="at least 2 reference"):
+        fid.compute_reference_statistics(random_images(1, seed=10), extractor)
 
 
 # The Inception weights -------------------------------------------------------------------
