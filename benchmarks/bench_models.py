@@ -12,8 +12,12 @@ the median of ``--repeats`` timed calls after two warm-up calls.
   best of a large matmul and a 3x3 convolution in the same dtype, measured by this script;
 * x diffusers: speed relative to diffusers in fp32 (the reference a user would otherwise run).
 
+``--diffusers-modes`` limits the modes in which diffusers runs too (fp32, the reference, always
+does): each compiled mode costs two compilations per model, minutes on a GPU lease.
+
     python benchmarks/bench_models.py [--preset ddpm_cifar10 digits] [--device cpu] [--threads 1]
                                       [--repeats 5] [--modes bf16 channels_last+compile] [--markdown]
+                                      [--diffusers-modes fp32 bf16]
 
 diffusers is an optional dependency (``pip install '.[bench]'``).
 """
@@ -283,11 +287,11 @@ def make_steps(
 
 def bench_preset(
     preset: str, cfg: Config, modes: list[Mode], batch: int, device: torch.device, repeats: int,
-    peaks: dict[torch.dtype, float],
+    peaks: dict[torch.dtype, float], diffusers_modes: set[str],
 ) -> tuple[list[Row], str]:
-    """Time a training step and a network call of both models in every mode, all interleaved, so
-    that the speed-ups against diffusers in fp32 (the first mode) compare calls made side by side.
-    Returns the rows and a note on the preset."""
+    """Time a training step and a network call of our model in every mode and of diffusers' in
+    ``diffusers_modes``, all interleaved, so that the speed-ups against diffusers in fp32 (the
+    first mode) compare calls made side by side. Returns the rows and a note on the preset."""
     size, channels = cfg.model.image_size, cfg.model.in_channels
     pair = build_pair(cfg.model)
     note = (
@@ -311,6 +315,7 @@ def bench_preset(
             noise.contiguous(memory_format=mode.memory_format), t,
         )
         for mode in modes for name, module in pair.items()
+        if name == "ours" or mode.name in diffusers_modes
     }
     train_s = interleaved_medians({key: train for key, (train, _) in steps.items()}, repeats, device)
     sample_s = interleaved_medians({key: sample for key, (_, sample) in steps.items()}, repeats, device)
@@ -330,11 +335,14 @@ def bench_preset(
 
 
 def run_benchmark(
-    presets: list[str], modes: list[Mode], device: torch.device, repeats: int
+    presets: list[str], modes: list[Mode], device: torch.device, repeats: int,
+    diffusers_modes: list[Mode] | None = None,
 ) -> tuple[list[Row], list[str]]:
-    """Rows of the table and notes (machine, peaks, skipped modes). fp32 is always measured: it
-    is the reference of the speed-up columns."""
+    """Rows of the table and notes (machine, peaks, skipped modes). fp32 is always measured for
+    both models: it is the reference of the speed-up columns. diffusers runs in ``diffusers_modes``
+    (default: every mode)."""
     modes = list({mode.name: mode for mode in [Mode("fp32"), *modes]}.values())
+    diffusers_names = {"fp32"} | {m.name for m in (modes if diffusers_modes is None else diffusers_modes)}
     peaks = {dtype: peak_gflops(dtype, device) for dtype in {m.compute_dtype for m in modes}}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     notes = [
@@ -349,7 +357,7 @@ def run_benchmark(
     for preset in presets:
         preset_name, cfg = load_preset(preset)
         batch = PRESET_BATCH[device.type].get(preset_name, cfg.train.batch_size)
-        preset_rows, note = bench_preset(preset_name, cfg, modes, batch, device, repeats, peaks)
+        preset_rows, note = bench_preset(preset_name, cfg, modes, batch, device, repeats, peaks, diffusers_names)
         rows += preset_rows
         notes.append(note)
     return rows, notes
@@ -383,14 +391,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", type=Mode.parse, default=[Mode.parse(m) for m in DEFAULT_MODES],
                         help="rows besides fp32: fp32 or +-joined bf16, channels_last, compile, e.g. "
                         "channels_last+compile (default: fp32 bf16 channels_last; compiling takes minutes on a CPU)")
+    parser.add_argument("--diffusers-modes", nargs="+", type=Mode.parse, default=None, metavar="MODE",
+                        help="the modes in which diffusers runs too (default: all; fp32 always)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    unknown = {m.name for m in args.diffusers_modes or []} - {m.name for m in args.modes} - {"fp32"}
+    if unknown:
+        raise UserError(f"--diffusers-modes: {', '.join(sorted(unknown))} not among --modes")
     device = resolve_device(args.device, "--device")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows, notes = run_benchmark(args.preset, args.modes, device, args.repeats)
+    rows, notes = run_benchmark(args.preset, args.modes, device, args.repeats, args.diffusers_modes)
     print("\n".join(notes), end="\n\n")
     print(format_table(rows, args.markdown))
 

@@ -7,6 +7,7 @@ on a CPU.
 
     python benchmarks/bench_sampling.py [--preset digits config] [--device cpu] [--threads 1]
                                         [--num-samples 64] [--max-steps 5] [--channels-last]
+                                        [--precision auto]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_models import load_preset, synchronize  # noqa: E402
-from diffusion.device import resolve_device  # noqa: E402
+from diffusion.device import PRECISIONS, autocast_dtype, precision_name, resolve_device  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.samplers import NoiseStreams, reverse_process  # noqa: E402
 from diffusion.schedule import NoiseSchedule  # noqa: E402
@@ -33,13 +34,13 @@ SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm++", 20))
 
 def sampling_seconds(
     model: torch.nn.Module, schedule: NoiseSchedule, sampler: str, steps: int, num_samples: int,
-    device: torch.device, max_steps: int | None,
+    device: torch.device, max_steps: int | None, dtype: torch.dtype | None = None,
 ) -> tuple[float, int]:
-    """Seconds for the whole reverse process (extrapolated from ``max_steps`` steps when given)
-    and the number of steps actually run."""
+    """Seconds for the whole reverse process under autocast ``dtype`` (extrapolated from
+    ``max_steps`` steps when given) and the number of steps actually run."""
     shape = (model.in_channels, model.image_size, model.image_size)
     noise = NoiseStreams(0, range(num_samples), shape, device)
-    process = reverse_process(model, schedule, noise, sampler=sampler, steps=steps)
+    process = reverse_process(model, schedule, noise, sampler=sampler, steps=steps, autocast_dtype=dtype)
     run = steps if max_steps is None else min(steps, max_steps)
     synchronize(device)
     start = time.perf_counter()
@@ -59,13 +60,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="run at most this many steps per sampler and extrapolate (default: all)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="autocast precision, as inference.py --precision (default auto: bf16 on CUDA, else fp32)")
     args = parser.parse_args(argv)
     if args.num_samples < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise UserError("--num-samples and --max-steps must be at least 1")
     device = resolve_device(args.device, "--device")
+    dtype = autocast_dtype(args.precision, device, "--precision")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    print(f"{args.num_samples} images, {args.device}, {torch.get_num_threads()} thread(s)"
+    print(f"{args.num_samples} images, {args.device}, {precision_name(dtype)}, {torch.get_num_threads()} thread(s)"
           f"{', channels-last' if args.channels_last else ''}")
     print("| preset | sampler | steps | seconds | ms per step |")
     print("|---|---|---:|---:|---:|")
@@ -75,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
         schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
-        sampling_seconds(model, schedule, "ddim", 2, args.num_samples, device, None)  # warm-up
+        sampling_seconds(model, schedule, "ddim", 2, args.num_samples, device, None, dtype)  # warm-up
         for sampler, steps in SAMPLERS:
-            total, run = sampling_seconds(model, schedule, sampler, steps, args.num_samples, device, args.max_steps)
+            total, run = sampling_seconds(model, schedule, sampler, steps, args.num_samples, device, args.max_steps, dtype)
             seconds = f"{total:.1f}" + (f" (from {run} steps)" if run < steps else "")
             print(f"| {name} | {sampler} | {steps} | {seconds} | {1e3 * total / steps:.1f} |", flush=True)
 

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# On a CUDA machine: run the CUDA-only tests, then benchmark our U-Net against diffusers at
-# 32x32 batch 128 (ddpm_cifar10) and 64x64 batch 64 (config, CelebA) in bf16 with torch.compile.
-# The table's "% peak" columns are model FLOP utilisation against the card's bf16 peak that the
-# benchmark measures (a large bf16 matmul); the README records the result.
+# Every GPU check in one go, for a CUDA machine held for a few minutes (about 8 on an H100):
 #
-#   benchmarks/gpu.sh [OUTPUT.md]     (default: print the table on stdout)
+#   1. tests:    the CUDA-only tests (tests/test_cuda.py, the GPU sampler test);
+#   2. e2e:      train.py on digits on the GPU (bf16 autocast, torch.compile) for 300 steps,
+#                resumed to 400 under torchrun, then inference.py; grid.png is kept;
+#   3. cifar10:  bench_models.py, ddpm_cifar10 at 32x32 batch 128, eager: fp32, bf16, bf16+channels_last;
+#   4. cifar10c: the same in bf16+compile (ours and diffusers) and bf16+channels_last+compile (ours);
+#   5. celeba:   bench_models.py, the CelebA config at 64x64 batch 64 in bf16+compile (diffusers in fp32);
+#   6. sampling: bench_sampling.py, 64 images with DDPM-1000, DDIM-50 and DPM++-20 in bf16.
+#
+# Each stage has a time limit, cut so that the whole script ends within BUDGET seconds (default
+# 560), and one that fails does not stop the others. Logs go to OUTDIR
+# (default out/gpu/), one per stage; summary.txt has each stage's exit status and time. The
+# benchmark tables are printed last. The "% peak" columns are model FLOP utilisation against
+# the card's bf16 peak as the benchmark measures it (a large bf16 matmul).
+#
+#   benchmarks/gpu.sh [OUTDIR]
 #
 # PYTHON selects the interpreter (default: .venv/bin/python, else python3).
-set -euo pipefail
+set -uo pipefail
 
 cd "$(dirname "$0")/.."
 if [[ -n "${PYTHON:-}" ]]; then
@@ -17,25 +28,69 @@ elif [[ -x .venv/bin/python ]]; then
 else
     py=python3
 fi
-out="${1:-/dev/stdout}"
+outdir="${1:-out/gpu}"
+mkdir -p "$outdir"
+summary="$outdir/summary.txt"
+export PYTHONUNBUFFERED=1
 
 if ! "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     echo "error: no CUDA device visible to $py" >&2
     exit 2
 fi
-
-echo "== CUDA tests" >&2
-"$py" -m pytest tests/test_cuda.py -q -rs >&2
-
-echo "== benchmark (minutes: torch.compile of both models per preset)" >&2
-table="$(mktemp)"
-trap 'rm -f "$table"' EXIT
 {
-    echo "### GPU: $("$py" -c 'import torch; print(torch.cuda.get_device_name())'), $(date -u +%Y-%m-%d)"
-    echo
-    echo '```'
-    echo "benchmarks/bench_models.py --device cuda --preset ddpm_cifar10 config --modes bf16 bf16+compile --markdown"
-    echo '```'
-    "$py" benchmarks/bench_models.py --device cuda --preset ddpm_cifar10 config --modes bf16 bf16+compile --markdown
-} > "$table"
-cat "$table" > "$out"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null
+    "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+} | tee "$summary"
+
+budget=${BUDGET:-560}
+# stage NAME SECONDS COMMAND...: run COMMAND with its output in OUTDIR/NAME.log, for at most
+# SECONDS and not past the budget.
+stage() {
+    local name=$1 limit=$2 start=$SECONDS rc
+    shift 2
+    (( limit = limit < budget - SECONDS ? limit : budget - SECONDS ))
+    if (( limit < 10 )); then
+        echo "$name: skipped, out of time" | tee -a "$summary" >&2
+        return
+    fi
+    echo "== $name (at most ${limit} s)" >&2
+    timeout --kill-after=10 "$limit" "$@" >"$outdir/$name.log" 2>&1
+    rc=$?
+    echo "$name: exit $rc$([[ $rc == 124 ]] && echo ' (time limit)') after $((SECONDS - start)) s" | tee -a "$summary" >&2
+}
+
+end_to_end() {
+    local root=/tmp/ddpm-gpu-e2e run=gpu
+    rm -rf "$root"
+    set -e
+    "$py" train.py --config Configs/digits.yaml train.device=cuda train.precision=bf16 train.compile=true \
+        train.steps=300 log.root=$root log.run_name=$run log.sample_every=0
+    "$py" -m torch.distributed.run --standalone --nproc_per_node=1 train.py --config Configs/digits.yaml \
+        --resume train.device=cuda train.precision=bf16 train.compile=true train.steps=400 \
+        log.root=$root log.run_name=$run log.sample_every=0
+    "$py" inference.py --checkpoint "$root/$run" --device cuda --num-samples 64 --sampler ddpm --steps 100 \
+        --video none --out "$root/samples"
+    cp "$root/samples/grid.png" "$outdir/grid.png"
+}
+export py outdir
+export -f end_to_end
+
+bench=("$py" benchmarks/bench_models.py --device cuda --repeats 20 --markdown)
+stage tests 60 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_samplers.py -k "cuda or gpu"
+stage e2e 100 bash -c end_to_end
+stage cifar10 60 "${bench[@]}" --preset ddpm_cifar10 --modes bf16 bf16+channels_last
+stage cifar10c 240 "${bench[@]}" --preset ddpm_cifar10 --modes bf16+compile bf16+channels_last+compile \
+    --diffusers-modes bf16+compile
+stage celeba 120 "${bench[@]}" --preset config --modes bf16+compile --diffusers-modes fp32
+stage sampling 60 "$py" benchmarks/bench_sampling.py --device cuda --precision bf16
+
+echo "== tests"
+tail -n 3 "$outdir/tests.log"
+echo "== e2e"
+grep -E "^(trained steps|checkpoint|sampled in|error)" "$outdir/e2e.log" || tail -n 5 "$outdir/e2e.log"
+for name in cifar10 cifar10c celeba sampling; do
+    echo "== $name"
+    grep -v -e '^\s*$' -e 'Warning' -e 'warn(' "$outdir/$name.log" | tail -n 14
+done
+echo "== summary"
+cat "$summary"

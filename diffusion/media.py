@@ -15,7 +15,6 @@ from pathlib import Path
 
 import imageio.v2 as imageio
 import imageio.v3 as iio
-import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image
@@ -59,10 +58,13 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
 
 
 def ffmpeg_available() -> bool:
-    """Whether imageio-ffmpeg can find an ffmpeg binary (its bundled one, or IMAGEIO_FFMPEG_EXE)."""
+    """Whether imageio-ffmpeg is installed and finds an ffmpeg binary (its bundled one, or
+    IMAGEIO_FFMPEG_EXE)."""
     try:
+        import imageio_ffmpeg
+
         exe = imageio_ffmpeg.get_ffmpeg_exe()
-    except RuntimeError:
+    except (ImportError, RuntimeError):
         return False
     return shutil.which(exe) is not None
 

@@ -75,7 +75,7 @@ def test_model_benchmark_prints_a_table(tmp_path, repo_root):
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump(TINY))
     cmd = [sys.executable, str(repo_root / "benchmarks" / "bench_models.py"), "--preset", str(preset),
-           "--repeats", "1", "--threads", "1", "--markdown"]
+           "--repeats", "1", "--threads", "1", "--markdown", "--modes", "channels_last", "--diffusers-modes", "fp32"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     assert "1 thread(s)" in result.stdout
@@ -84,7 +84,7 @@ def test_model_benchmark_prints_a_table(tmp_path, repo_root):
     assert [c.strip() for c in header.strip("|").split("|")] == list(bench_models.COLUMNS)
     rows = [line for line in lines if line.startswith("| tiny")]
     modes = {(r.split("|")[2].strip(), r.split("|")[3].strip()) for r in rows}
-    assert {("fp32", "ours"), ("fp32", "diffusers"), ("channels_last", "ours")} <= modes
+    assert modes == {("fp32", "ours"), ("fp32", "diffusers"), ("channels_last", "ours")}
     fp32_diffusers = next(r for r in rows if "| fp32" in r and "| diffusers" in r)
     assert fp32_diffusers.rstrip(" |").endswith("1.00 | 1.00")  # the reference row
 
@@ -94,6 +94,8 @@ def test_model_benchmark_rejects_bad_flags():
         bench_models.main(["--repeats", "0"])
     with pytest.raises(SystemExit):
         bench_models.main(["--modes", "fp16"])
+    with pytest.raises(UserError, match="--diffusers-modes: compile not among --modes"):
+        bench_models.main(["--modes", "bf16", "--diffusers-modes", "fp32", "compile"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
@@ -133,10 +135,20 @@ def test_sampling_benchmark_extrapolates_from_a_few_steps(tmp_path, capsys):
     bench_sampling.main(["--preset", str(preset), "--threads", "1", "--num-samples", "3", "--max-steps", "2",
                          "--channels-last"])
     out = capsys.readouterr().out
-    assert out.startswith("3 images, cpu, 1 thread(s), channels-last")
+    assert out.startswith("3 images, cpu, fp32, 1 thread(s), channels-last")
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| tiny")]
     assert [(r[1].strip(), r[2].strip()) for r in rows] == [("ddpm", "1000"), ("ddim", "50"), ("dpm++", "20")]
     assert all(r[3].strip().endswith("(from 2 steps)") for r in rows)
+
+
+def test_sampling_benchmark_runs_under_autocast(tmp_path, capsys):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    bench_sampling.main(["--preset", str(preset), "--threads", "1", "--num-samples", "2", "--max-steps", "1",
+                         "--precision", "bf16"])
+    out = capsys.readouterr().out
+    assert out.startswith("2 images, cpu, bf16, 1 thread(s)\n")
+    assert len([line for line in out.splitlines() if line.startswith("| tiny")]) == 3
 
 
 def test_sampling_benchmark_rejects_bad_flags():
