@@ -401,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise UserError(f"--diffusers-modes: {', '.join(sorted(unknown))} not among --modes")
     device = resolve_device(args.device, "--device")
+    torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows, notes = run_benchmark(args.preset, args.modes, device, args.repeats, args.diffusers_modes)
