@@ -1,9 +1,10 @@
 """Speed of the U-Net against diffusers' ``UNet2DModel`` built to the same architecture.
 
-For each preset and each mode (fp32, and any ``+``-joined combination of bf16 autocast,
+For each preset and each mode (fp32 first, then any ``+``-joined combination of bf16 autocast,
 channels_last and torch.compile) both networks are timed in one process, alternating
 ours / diffusers at every repetition so that background load hits both alike; each figure is
-the median of ``--repeats`` timed calls after two warm-up calls.
+the median of ``--repeats`` timed calls after two warm-up calls. Rows are printed as each mode
+is measured (its time goes to stderr), so a run cut short keeps what it measured.
 
 * train img/s: forward, L_simple loss (Ho et al. eq. 14), backward and a fused AdamW step;
 * sample ms: one network call under ``torch.inference_mode`` (a sampler step's cost);
@@ -30,7 +31,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,59 +289,69 @@ def make_steps(
 def bench_preset(
     preset: str, cfg: Config, modes: list[Mode], batch: int, device: torch.device, repeats: int,
     peaks: dict[torch.dtype, float], diffusers_modes: set[str],
-) -> tuple[list[Row], str]:
-    """Time a training step and a network call of our model in every mode and of diffusers' in
-    ``diffusers_modes``, all interleaved, so that the speed-ups against diffusers in fp32 (the
-    first mode) compare calls made side by side. Returns the rows and a note on the preset."""
+) -> tuple[str, Iterator[Row]]:
+    """A note on the preset, and its rows, measured mode by mode as they are iterated: in each
+    mode a training step and a network call of our model (and of diffusers' in
+    ``diffusers_modes``) are timed call by call in turn. Speed-ups are against diffusers in fp32,
+    the first mode."""
     size, channels = cfg.model.image_size, cfg.model.in_channels
     pair = build_pair(cfg.model)
     note = (
         f"{preset}: {size}x{size}, batch {batch}, parameters "
         + " / ".join(f"{parameter_count(m) / 1e6:.2f}M ({name})" for name, m in pair.items())
     )
-    x = torch.randn(1, channels, size, size)
-    t = torch.tensor([cfg.diffusion.timesteps // 2])
-    flops = {
-        name: (gflop_per_image(m.eval(), x, t, backward=False), gflop_per_image(m.train(), x, t, backward=True))
-        for name, m in pair.items()
-    }
-    schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
-    gen = torch.Generator().manual_seed(0)
-    x0 = (torch.rand(batch, channels, size, size, generator=gen) * 2 - 1).to(device)
-    noise = torch.randn(x0.shape, generator=gen).to(device)
-    t = torch.randint(0, cfg.diffusion.timesteps, (batch,), generator=gen).to(device)
-    steps = {
-        (mode, name): make_steps(
-            module, mode, device, schedule, x0.contiguous(memory_format=mode.memory_format),
-            noise.contiguous(memory_format=mode.memory_format), t,
-        )
-        for mode in modes for name, module in pair.items()
-        if name == "ours" or mode.name in diffusers_modes
-    }
-    train_s = interleaved_medians({key: train for key, (train, _) in steps.items()}, repeats, device)
-    sample_s = interleaved_medians({key: sample for key, (_, sample) in steps.items()}, repeats, device)
-    reference = (modes[0], "diffusers")
-    rows = []
-    for mode, name in steps:
-        forward, train = flops[name]
-        train_gflops = train * batch / train_s[mode, name]
-        sample_gflops = forward * batch / sample_s[mode, name]
-        peak = peaks[mode.compute_dtype]
-        rows.append(Row(
-            preset, mode.name, name, batch / train_s[mode, name], 1e3 * sample_s[mode, name], forward,
-            train_gflops, train_gflops / peak, sample_gflops, sample_gflops / peak,
-            train_s[reference] / train_s[mode, name], sample_s[reference] / sample_s[mode, name],
-        ))
-    return rows, note
+
+    def rows() -> Iterator[Row]:
+        x = torch.randn(1, channels, size, size)
+        t = torch.tensor([cfg.diffusion.timesteps // 2])
+        flops = {
+            name: (gflop_per_image(m.eval(), x, t, backward=False), gflop_per_image(m.train(), x, t, backward=True))
+            for name, m in pair.items()
+        }
+        schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
+        gen = torch.Generator().manual_seed(0)
+        x0 = (torch.rand(batch, channels, size, size, generator=gen) * 2 - 1).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, cfg.diffusion.timesteps, (batch,), generator=gen).to(device)
+        reference: tuple[float, float] | None = None  # diffusers' fp32 seconds: train step, network call
+        for mode in modes:
+            began = time.perf_counter()
+            steps = {
+                name: make_steps(
+                    module, mode, device, schedule, x0.contiguous(memory_format=mode.memory_format),
+                    noise.contiguous(memory_format=mode.memory_format), t,
+                )
+                for name, module in pair.items()
+                if name == "ours" or mode.name in diffusers_modes
+            }
+            train_s = interleaved_medians({name: train for name, (train, _) in steps.items()}, repeats, device)
+            sample_s = interleaved_medians({name: sample for name, (_, sample) in steps.items()}, repeats, device)
+            reference = reference or (train_s["diffusers"], sample_s["diffusers"])
+            print(f"{preset} {mode.name}: measured in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+            for name in steps:
+                forward, train = flops[name]
+                train_gflops = train * batch / train_s[name]
+                sample_gflops = forward * batch / sample_s[name]
+                peak = peaks[mode.compute_dtype]
+                yield Row(
+                    preset, mode.name, name, batch / train_s[name], 1e3 * sample_s[name], forward,
+                    train_gflops, train_gflops / peak, sample_gflops, sample_gflops / peak,
+                    reference[0] / train_s[name], reference[1] / sample_s[name],
+                )
+            del steps
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    return note, rows()
 
 
 def run_benchmark(
     presets: list[str], modes: list[Mode], device: torch.device, repeats: int,
     diffusers_modes: list[Mode] | None = None,
-) -> tuple[list[Row], list[str]]:
-    """Rows of the table and notes (machine, peaks, skipped modes). fp32 is always measured for
-    both models: it is the reference of the speed-up columns. diffusers runs in ``diffusers_modes``
-    (default: every mode)."""
+) -> tuple[list[str], Iterator[str | Row]]:
+    """Notes on the machine (peaks, skipped modes), then the presets' notes and rows as they are
+    measured. fp32 is always measured for both models, first: it is the reference of the speed-up
+    columns. diffusers runs in ``diffusers_modes`` (default: every mode)."""
     modes = list({mode.name: mode for mode in [Mode("fp32"), *modes]}.values())
     diffusers_names = {"fp32"} | {m.name for m in (modes if diffusers_modes is None else diffusers_modes)}
     peaks = {dtype: peak_gflops(dtype, device) for dtype in {m.compute_dtype for m in modes}}
@@ -353,14 +364,16 @@ def run_benchmark(
     if slow:
         modes = [m for m in modes if m.name not in slow]
         notes.append(f"skipped {', '.join(slow)}: bf16 is slower than fp32 on this processor (no bf16 instructions)")
-    rows = []
-    for preset in presets:
-        preset_name, cfg = load_preset(preset)
-        batch = PRESET_BATCH[device.type].get(preset_name, cfg.train.batch_size)
-        preset_rows, note = bench_preset(preset_name, cfg, modes, batch, device, repeats, peaks, diffusers_names)
-        rows += preset_rows
-        notes.append(note)
-    return rows, notes
+
+    def results() -> Iterator[str | Row]:
+        for preset in presets:
+            preset_name, cfg = load_preset(preset)
+            batch = PRESET_BATCH[device.type].get(preset_name, cfg.train.batch_size)
+            note, rows = bench_preset(preset_name, cfg, modes, batch, device, repeats, peaks, diffusers_names)
+            yield note
+            yield from rows
+
+    return notes, results()
 
 
 def cpu_name() -> str:
@@ -370,15 +383,22 @@ def cpu_name() -> str:
     return platform.processor() or "CPU"
 
 
-def format_table(rows: list[Row], markdown: bool) -> str:
-    """A GitHub Markdown table, or plain aligned columns."""
-    table = [list(COLUMNS)] + [row.cells() for row in rows]
+# Plain-text column widths: fixed, so that rows can be printed as they are measured.
+PLAIN_WIDTHS = (12, 26, 9) + tuple(max(len(c), 8) for c in COLUMNS[3:])
+
+
+def table_header(markdown: bool) -> list[str]:
+    """The header line(s) of a GitHub Markdown table or of plain aligned columns."""
     if markdown:
-        lines = ["| " + " | ".join(r) + " |" for r in table]
-        lines.insert(1, "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|")
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in table)
+        return [table_line(list(COLUMNS), True), "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|"]
+    return [table_line(list(COLUMNS), False)]
+
+
+def table_line(cells: list[str], markdown: bool) -> str:
+    """One table line: text columns left-aligned, numbers right-aligned."""
+    if markdown:
+        return "| " + " | ".join(cells) + " |"
+    return "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, PLAIN_WIDTHS, strict=True)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -404,9 +424,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows, notes = run_benchmark(args.preset, args.modes, device, args.repeats, args.diffusers_modes)
-    print("\n".join(notes), end="\n\n")
-    print(format_table(rows, args.markdown))
+    notes, results = run_benchmark(args.preset, args.modes, device, args.repeats, args.diffusers_modes)
+    print("\n".join(notes), flush=True)
+    for item in results:  # a preset's note, then its rows as they are measured
+        if isinstance(item, str):
+            print("", item, "", *table_header(args.markdown), sep="\n", flush=True)
+        else:
+            print(table_line(item.cells(), args.markdown), flush=True)
 
 
 if __name__ == "__main__":

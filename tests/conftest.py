@@ -22,6 +22,15 @@ def repo_root() -> Path:
     return ROOT
 
 
+@pytest.fixture
+def exact_fp32():
+    """No TF32 on CUDA: GPU results in fp32 are compared with the CPU or with each other."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def subprocess_env() -> dict[str, str]:
     """Environment for CLI runs in tests: single-threaded and unbuffered."""
     env = dict(os.environ)

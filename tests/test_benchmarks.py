@@ -116,7 +116,8 @@ def test_modes_combine_with_plus():
 
 def test_plain_table_is_aligned():
     row = bench_models.Row("digits", "fp32", "ours", 100.0, 12.5, 0.13, 39.0, 0.5, 33.0, 0.45, 1.1, 1.05)
-    lines = bench_models.format_table([row, row], markdown=False).splitlines()
+    wide = dataclasses.replace(row, preset="ddpm_cifar10", mode="bf16+channels_last+compile", train_img_s=12345.6)
+    lines = bench_models.table_header(markdown=False) + [bench_models.table_line(r.cells(), False) for r in (row, wide)]
     assert len(lines) == 3 and len({len(line) for line in lines}) == 1
     assert lines[1].split() == ["digits", "fp32", "ours", "100.0", "12.5", "0.13", "39.0", "50%", "33.0", "45%", "1.10", "1.05"]
 

@@ -297,7 +297,7 @@ def test_generate_feeds_channels_last_models_channels_last_inputs_and_autocasts(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("sampler", ["ddpm", "dpm++"])
-def test_generate_on_cuda_is_independent_of_batch_size_and_autocasts(sampler):
+def test_generate_on_cuda_is_independent_of_batch_size_and_autocasts(sampler, exact_fp32):
     model, schedule = tiny_unet_and_schedule()
     model = model.cuda().to(memory_format=torch.channels_last)
     one_batch = generate(model, schedule, 6, sampler=sampler, steps=20, seed=5, batch_size=6)
