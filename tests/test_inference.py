@@ -24,6 +24,8 @@ from diffusion.checkpoint import save_checkpoint
 from diffusion.config import from_dict
 from diffusion.data import prepare_dataset
 from diffusion.errors import run_cli
+from diffusion.generate import load_model
+from diffusion.samplers import uses_channels_last
 from diffusion.schedule import NoiseSchedule
 from models import UNet
 
@@ -149,6 +151,28 @@ def test_no_ema_samples_the_raw_weights(tiny_run, tmp_path):
     assert (ema["weights"], raw["weights"]) == ("ema", "model")
     assert "frames" not in raw and raw["files"] == ["grid.png"]
     assert not np.array_equal(read_png(tmp_path / "ema" / "grid.png"), read_png(tmp_path / "raw" / "grid.png"))
+
+
+def test_compile_flag_samples_through_torch_compile(tiny_run, tmp_path, monkeypatch):
+    # Dynamo traces the network as with the default backend; the inductor's C++ code generation
+    # (minutes on two CPU cores) is left out.
+    compiled = []
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or compile_(model, backend="eager"))
+    common = ["--video", "none", "--steps", "8", "--save-images", "--no-grid"]
+    plain = sample(tiny_run, tmp_path / "plain", *common)
+    fast = sample(tiny_run, tmp_path / "compiled", *common, "--compile")
+    assert len(compiled) == 1 and isinstance(compiled[0], UNet)
+    assert (plain["compiled"], fast["compiled"]) == (False, True)
+    for i in range(6):
+        name = f"images/{i:06d}.png"
+        assert np.array_equal(read_png(tmp_path / "plain" / name), read_png(tmp_path / "compiled" / name))
+
+
+def test_checkpoints_load_channels_last_on_the_cpu(tiny_run):
+    """Faster CPU sampling (benchmarks/bench_sampling.py --channels-last); the run trained contiguous."""
+    assert not from_dict(TINY).train.channels_last
+    assert uses_channels_last(load_model(tiny_run, device="cpu").model)
 
 
 def test_mp4_falls_back_to_gif_without_ffmpeg(tiny_run, tmp_path, monkeypatch):
