@@ -4,6 +4,7 @@
 #   tests:    the CUDA-only tests (tests/test_cuda.py, the GPU sampler test);
 #   cifar10:  bench_models.py, ddpm_cifar10 at 32x32 batch 128: fp32, bf16, bf16+channels_last
 #             (ours and diffusers) and bf16+compile (ours);
+#   profile:  profile_step.py, where the time of that bf16+compile training step and network call goes;
 #   sampling: bench_sampling.py, 64 images with DDPM-1000, DDIM-50 and DPM++-20 in bf16
 #             (extrapolated from 200 steps);
 #   celeba:   bench_models.py, the CelebA config at 64x64 batch 64: fp32, bf16 and bf16+compile (ours);
@@ -33,12 +34,12 @@ else
 fi
 outdir="${1:-out/gpu}"
 shift || true
-stages=("${@:-tests cifar10 sampling celeba e2e}")
+stages=("${@:-tests cifar10 profile sampling celeba e2e}")
 read -ra stages <<< "${stages[*]}"
 for name in "${stages[@]}"; do
     case $name in
-        tests | cifar10 | sampling | celeba | e2e) ;;
-        *) echo "error: unknown stage '$name': expected tests, cifar10, sampling, celeba or e2e" >&2; exit 2 ;;
+        tests | cifar10 | profile | sampling | celeba | e2e) ;;
+        *) echo "error: unknown stage '$name': expected tests, cifar10, profile, sampling, celeba or e2e" >&2; exit 2 ;;
     esac
 done
 mkdir -p "$outdir"
@@ -93,6 +94,7 @@ for name in "${stages[@]}"; do
         tests) stage tests 60 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_samplers.py -k "cuda or gpu" ;;
         cifar10) stage cifar10 240 "${bench[@]}" --preset ddpm_cifar10 --modes bf16 bf16+channels_last bf16+compile \
             --diffusers-modes bf16 bf16+channels_last ;;
+        profile) stage profile 150 "$py" benchmarks/profile_step.py --preset ddpm_cifar10 --mode bf16+compile --rows 30 ;;
         sampling) stage sampling 60 "$py" benchmarks/bench_sampling.py --device cuda --precision bf16 --max-steps 200 ;;
         celeba) stage celeba 200 "${bench[@]}" --preset config --modes bf16 bf16+compile --diffusers-modes bf16 ;;
         e2e) stage e2e 150 bash -c end_to_end ;;
@@ -104,6 +106,7 @@ for name in "${stages[@]}"; do
     echo "== $name"
     case $name in
         tests) tail -n 3 "$outdir/tests.log" ;;
+        profile) grep -E "^(train|sample):" "$outdir/profile.log" ;;
         e2e) grep -E "^(trained steps|checkpoint|sampled in|error)" "$outdir/e2e.log" || tail -n 5 "$outdir/e2e.log" ;;
         *) grep -E '^(\||[A-Za-z].*(GFLOP/s|parameters|images))' "$outdir/$name.log" ;;
     esac

@@ -15,7 +15,7 @@ from conftest import subprocess_env
 from torch.utils.flop_counter import FlopCounterMode
 
 from attention import SpatialSelfAttention
-from benchmarks import bench_data, bench_models, bench_sampling
+from benchmarks import bench_data, bench_models, bench_sampling, profile_step
 from diffusion.config import from_dict, load_config
 from diffusion.errors import UserError
 from models import UNet
@@ -120,6 +120,22 @@ def test_plain_table_is_aligned():
     lines = bench_models.table_header(markdown=False) + [bench_models.table_line(r.cells(), False) for r in (row, wide)]
     assert len(lines) == 3 and len({len(line) for line in lines}) == 1
     assert lines[1].split() == ["digits", "fp32", "ours", "100.0", "12.5", "0.13", "39.0", "50%", "33.0", "45%", "1.10", "1.05"]
+
+
+def test_profiler_lists_the_operators_of_a_step_and_a_call(tmp_path, capsys):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    profile_step.main(["--preset", str(preset), "--device", "cpu", "--mode", "channels_last", "--batch", "3",
+                       "--calls", "1", "--rows", "4", "--threads", "1", "--trace", str(tmp_path / "trace.json")])
+    out = capsys.readouterr().out
+    assert out.startswith("tiny, 8x8, batch 3, channels_last, cpu (1 thread(s))")
+    for label, op in (("train", "aten::convolution_backward"), ("sample", "aten::mkldnn_convolution")):
+        section = out.split(f"\n{label}: ")[1].split("\n\n")[0]
+        assert section.split()[1:4] == ["ms", "per", "call"] and op in section
+        assert len([line for line in section.splitlines() if line.lstrip().startswith("aten::")]) <= 4
+        assert (tmp_path / f"trace-{label}.json").stat().st_size > 0
+    with pytest.raises(UserError, match="--calls"):
+        profile_step.main(["--calls", "0"])
 
 
 def test_data_benchmark_runs(repo_root):

@@ -1,0 +1,98 @@
+"""Where the time of a training step and of a sampling network call goes: torch.profiler's
+operator table, sorted by the time each operator's own kernels take on the device.
+
+The step is the one ``bench_models.py`` times (forward, L_simple loss, backward, fused AdamW),
+on our U-Net in one of its modes. Besides the tables it prints the wall time per call and the
+share of it the device spent in kernels: a low share means the step waits on the host
+(kernel launches, Python), a high one that the kernels themselves are slow.
+
+    python benchmarks/profile_step.py [--preset ddpm_cifar10] [--device cuda] [--mode bf16+compile]
+                                      [--batch 128] [--calls 5] [--rows 25] [--trace trace.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_models import PRESET_BATCH, Mode, load_preset, make_steps, synchronize  # noqa: E402
+from diffusion.device import resolve_device  # noqa: E402
+from diffusion.errors import UserError, run_cli  # noqa: E402
+from diffusion.schedule import NoiseSchedule  # noqa: E402
+from models import UNet  # noqa: E402
+
+
+def profile_calls(
+    fn: Callable[[], None], calls: int, device: torch.device, trace: Path | None
+) -> tuple[str, float, float | None]:
+    """Profile ``calls`` calls of ``fn`` after three warm-up calls. Returns the operator table
+    (sorted by self device time; CPU: self CPU time), the wall seconds per call, and on CUDA the
+    share of the wall time spent in device kernels."""
+    for _ in range(3):
+        fn()
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+        wall = (time.perf_counter() - start) / calls
+    if trace is not None:
+        prof.export_chrome_trace(str(trace))
+    averages = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    busy = sum(e.self_device_time_total for e in averages) / 1e6 / calls if device.type == "cuda" else None
+    return averages.table(sort_by=key, row_limit=-1), wall, None if busy is None else busy / wall
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="ddpm_cifar10", help="a preset under Configs/ or a YAML path (default: ddpm_cifar10)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--mode", type=Mode.parse, default=None,
+                        help="fp32 or +-joined bf16, channels_last, compile (default: bf16+compile on CUDA, fp32 on CPU)")
+    parser.add_argument("--batch", type=int, default=None, help="images per call (default: as bench_models.py)")
+    parser.add_argument("--calls", type=int, default=5, help="profiled calls of each kind (default 5)")
+    parser.add_argument("--rows", type=int, default=25, help="operators listed per table (default 25)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--trace", type=Path, default=None,
+                        help="also write Chrome traces: PATH with -train / -sample before its suffix")
+    args = parser.parse_args(argv)
+    if args.calls < 1 or args.rows < 1 or (args.batch is not None and args.batch < 1):
+        raise UserError("--calls, --rows and --batch must be at least 1")
+    device = resolve_device(args.device, "--device")
+    torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    mode = args.mode or Mode.parse("bf16+compile" if device.type == "cuda" else "fp32")
+    name, cfg = load_preset(args.preset)
+    batch = args.batch or PRESET_BATCH[device.type].get(name, cfg.train.batch_size)
+    size, channels = cfg.model.image_size, cfg.model.in_channels
+    gen = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(batch, channels, size, size, generator=gen) * 2 - 1).to(device, memory_format=mode.memory_format)
+    noise = torch.randn(x0.shape, generator=gen).to(device, memory_format=mode.memory_format)
+    t = torch.randint(0, cfg.diffusion.timesteps, (batch,), generator=gen).to(device)
+    schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
+    train_step, sample_call = make_steps(UNet(**vars(cfg.model)), mode, device, schedule, x0, noise, t)
+    print(f"{name}, {size}x{size}, batch {batch}, {mode.name}, {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} thread(s)'})")
+    for label, fn in (("train", train_step), ("sample", sample_call)):
+        trace = args.trace.with_name(f"{args.trace.stem}-{label}{args.trace.suffix}") if args.trace else None
+        table, wall, busy = profile_calls(fn, args.calls, device, trace)
+        lines = table.splitlines()
+        share = "" if busy is None else f", {100 * busy:.0f}% of it in device kernels"
+        print(f"\n{label}: {1e3 * wall:.2f} ms per call{share}")
+        print("\n".join(lines[: 3 + args.rows] + lines[-2:]))
+
+
+if __name__ == "__main__":
+    run_cli(main)
