@@ -179,8 +179,9 @@ def write_samples(
     device = next(loaded.model.parameters()).device
     dtype = autocast_dtype(precision, device)
     started = time.perf_counter()
+    model = torch.compile(loaded.model) if compile else loaded.model
     images, frames = sample_with_animation(
-        torch.compile(loaded.model) if compile else loaded.model, loaded.schedule, options, options.frames if video != "none" else 0,
+        model, loaded.schedule, options, options.frames if video != "none" else 0,
         device=device, autocast_dtype=dtype, progress=progress,
     )
     sampling_seconds = time.perf_counter() - started
