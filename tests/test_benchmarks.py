@@ -138,6 +138,16 @@ def test_profiler_lists_the_operators_of_a_step_and_a_call(tmp_path, capsys):
         profile_step.main(["--calls", "0"])
 
 
+def test_gpu_script_checks_its_stages_and_the_gpu(repo_root, tmp_path):
+    script = str(repo_root / "benchmarks" / "gpu.sh")
+    env = {**subprocess_env(), "PYTHON": sys.executable}
+    bad = subprocess.run(["bash", script, str(tmp_path), "tests", "speed"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "unknown stage 'speed'" in bad.stderr
+    if not torch.cuda.is_available():
+        no_gpu = subprocess.run(["bash", script, str(tmp_path), "tests"], capture_output=True, text=True, env=env)
+        assert no_gpu.returncode == 2 and "no CUDA device" in no_gpu.stderr
+
+
 def test_data_benchmark_runs(repo_root):
     cmd = [sys.executable, str(repo_root / "benchmarks" / "bench_data.py"), "--images", "64", "--size", "16",
            "--batch", "16", "--workers", "0"]
