@@ -258,12 +258,24 @@ class Row:
         ]
 
 
+def fixed_batch(cfg: Config, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A seeded batch for ``cfg``'s model: images x0 in [-1, 1], noise and timesteps t."""
+    size, channels = cfg.model.image_size, cfg.model.in_channels
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(batch, channels, size, size, generator=gen) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, cfg.diffusion.timesteps, (batch,), generator=gen)
+    return x0.to(device), noise.to(device), t.to(device)
+
+
 def make_steps(
     module: nn.Module, mode: Mode, device: torch.device, schedule: NoiseSchedule,
     x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
 ) -> tuple[Callable[[], None], Callable[[], None]]:
-    """A training step and a sampling network call on a fresh copy of ``module`` in ``mode``."""
+    """A training step and a sampling network call on a fresh copy of ``module`` in ``mode``
+    (the images and noise are copied to the mode's memory format)."""
     model = copy.deepcopy(module).to(device, memory_format=mode.memory_format)
+    x0, noise = (x.contiguous(memory_format=mode.memory_format) for x in (x0, noise))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=True)  # CPU and CUDA since torch 2.4
     net = torch.compile(model) if mode.compile else model
 
@@ -309,18 +321,12 @@ def bench_preset(
             for name, m in pair.items()
         }
         schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
-        gen = torch.Generator().manual_seed(0)
-        x0 = (torch.rand(batch, channels, size, size, generator=gen) * 2 - 1).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.randint(0, cfg.diffusion.timesteps, (batch,), generator=gen).to(device)
+        x0, noise, t = fixed_batch(cfg, batch, device)
         reference: tuple[float, float] | None = None  # diffusers' fp32 seconds: train step, network call
         for mode in modes:
             began = time.perf_counter()
             steps = {
-                name: make_steps(
-                    module, mode, device, schedule, x0.contiguous(memory_format=mode.memory_format),
-                    noise.contiguous(memory_format=mode.memory_format), t,
-                )
+                name: make_steps(module, mode, device, schedule, x0, noise, t)
                 for name, module in pair.items()
                 if name == "ours" or mode.name in diffusers_modes
             }

@@ -23,7 +23,14 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_models import PRESET_BATCH, Mode, load_preset, make_steps, synchronize  # noqa: E402
+from benchmarks.bench_models import (  # noqa: E402
+    PRESET_BATCH,
+    Mode,
+    fixed_batch,
+    load_preset,
+    make_steps,
+    synchronize,
+)
 from diffusion.device import resolve_device  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.schedule import NoiseSchedule  # noqa: E402
@@ -76,11 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     mode = args.mode or Mode.parse("bf16+compile" if device.type == "cuda" else "fp32")
     name, cfg = load_preset(args.preset)
     batch = args.batch or PRESET_BATCH[device.type].get(name, cfg.train.batch_size)
-    size, channels = cfg.model.image_size, cfg.model.in_channels
-    gen = torch.Generator().manual_seed(0)
-    x0 = (torch.rand(batch, channels, size, size, generator=gen) * 2 - 1).to(device, memory_format=mode.memory_format)
-    noise = torch.randn(x0.shape, generator=gen).to(device, memory_format=mode.memory_format)
-    t = torch.randint(0, cfg.diffusion.timesteps, (batch,), generator=gen).to(device)
+    size = cfg.model.image_size
+    x0, noise, t = fixed_batch(cfg, batch, device)
     schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
     train_step, sample_call = make_steps(UNet(**vars(cfg.model)), mode, device, schedule, x0, noise, t)
     print(f"{name}, {size}x{size}, batch {batch}, {mode.name}, {device} "
