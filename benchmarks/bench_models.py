@@ -1,7 +1,8 @@
 """Speed of the U-Net against diffusers' ``UNet2DModel`` built to the same architecture.
 
 For each preset and each mode (fp32 first, then any ``+``-joined combination of bf16 autocast,
-channels_last and torch.compile) both networks are timed in one process, alternating
+channels_last, torch.compile and cudagraphs, which is torch.compile's ``reduce-overhead`` mode:
+the compiled calls replayed as CUDA graphs) both networks are timed in one process, alternating
 ours / diffusers at every repetition so that background load hits both alike; each figure is
 the median of ``--repeats`` timed calls after two warm-up calls. Rows are printed as each mode
 is measured (its time goes to stderr), so a run cut short keeps what it measured.
@@ -77,23 +78,30 @@ ATTENTION_FLOPS = {
 
 @dataclass(frozen=True)
 class Mode:
-    """How both networks run: autocast dtype (None: fp32), memory format, torch.compile."""
+    """How both networks run: autocast dtype (None: fp32), memory format, torch.compile and its
+    mode (``reduce-overhead`` replays CUDA graphs)."""
 
     name: str
     dtype: torch.dtype | None = None
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str | None = None
 
     @classmethod
     def parse(cls, name: str) -> Mode:
-        """``fp32``, or ``+``-joined options among bf16, channels_last, compile (``bf16+compile``)."""
+        """``fp32``, or ``+``-joined options among bf16, channels_last, compile, cudagraphs
+        (``bf16+compile``; cudagraphs implies compile)."""
         options = set(name.split("+")) - {"fp32"}
-        unknown = options - {"bf16", "channels_last", "compile"}
+        unknown = options - {"bf16", "channels_last", "compile", "cudagraphs"}
         if unknown or not name:
             raise argparse.ArgumentTypeError(
-                f"unknown mode '{name}': use fp32 or +-joined bf16, channels_last, compile"
+                f"unknown mode '{name}': use fp32 or +-joined bf16, channels_last, compile, cudagraphs"
             )
-        return cls(name, torch.bfloat16 if "bf16" in options else None, "channels_last" in options, "compile" in options)
+        cudagraphs = "cudagraphs" in options
+        return cls(
+            name, torch.bfloat16 if "bf16" in options else None, "channels_last" in options,
+            "compile" in options or cudagraphs, "reduce-overhead" if cudagraphs else None,
+        )
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -277,7 +285,7 @@ def make_steps(
     model = copy.deepcopy(module).to(device, memory_format=mode.memory_format)
     x0, noise = (x.contiguous(memory_format=mode.memory_format) for x in (x0, noise))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=True)  # CPU and CUDA since torch 2.4
-    net = torch.compile(model) if mode.compile else model
+    net = torch.compile(model, mode=mode.compile_mode) if mode.compile else model
 
     def autocast() -> torch.autocast:
         return torch.autocast(device.type, dtype=mode.compute_dtype, enabled=mode.dtype is not None)
@@ -415,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median; default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--modes", nargs="+", type=Mode.parse, default=[Mode.parse(m) for m in DEFAULT_MODES],
-                        help="rows besides fp32: fp32 or +-joined bf16, channels_last, compile, e.g. "
+                        help="rows besides fp32: fp32 or +-joined bf16, channels_last, compile, cudagraphs, e.g. "
                         "channels_last+compile (default: fp32 bf16 channels_last; compiling takes minutes on a CPU)")
     parser.add_argument("--diffusers-modes", nargs="+", type=Mode.parse, default=None, metavar="MODE",
                         help="the modes in which diffusers runs too (default: all; fp32 always)")

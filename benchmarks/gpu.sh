@@ -2,14 +2,17 @@
 # Every GPU check, for a CUDA machine held for a few minutes. Stages, in this order by default:
 #
 #   tests:    the CUDA-only tests (tests/test_cuda.py, the GPU sampler test);
-#   cifar10:  bench_models.py, ddpm_cifar10 at 32x32 batch 128: fp32, bf16, bf16+channels_last
-#             (ours and diffusers) and bf16+compile (ours);
+#   cifar10:  bench_models.py, ddpm_cifar10 at 32x32 batch 128 in eager mode: fp32, bf16 and
+#             bf16+channels_last (ours and diffusers);
+#   compiled: the same in bf16 with torch.compile: default layout, channels_last, and CUDA graphs
+#             (ours; diffusers in fp32 as the reference);
 #   profile:  profile_step.py, where the time of that bf16+compile training step and network call goes;
 #   sampling: bench_sampling.py, 64 images with DDPM-1000, DDIM-50 and DPM++-20 in bf16
 #             (extrapolated from 200 steps);
 #   celeba:   bench_models.py, the CelebA config at 64x64 batch 64: fp32, bf16 and bf16+compile (ours);
 #   e2e:      train.py on digits on the GPU (bf16 autocast, torch.compile) for 300 steps,
-#             resumed to 400 under torchrun, then inference.py; grid.png is kept.
+#             resumed to 400 under torchrun, then inference.py (DDPM, and DDIM compiled);
+#             grid.png and grid-compiled.png are kept.
 #
 # A cold torch.compile of a U-Net takes one to two minutes per graph (training and sampling
 # are two), so the stages do not fit one 10-minute call: name the ones to run. Each stage has
@@ -34,12 +37,12 @@ else
 fi
 outdir="${1:-out/gpu}"
 shift || true
-stages=("${@:-tests cifar10 profile sampling celeba e2e}")
+stages=("${@:-tests cifar10 compiled profile sampling celeba e2e}")
 read -ra stages <<< "${stages[*]}"
 for name in "${stages[@]}"; do
     case $name in
-        tests | cifar10 | profile | sampling | celeba | e2e) ;;
-        *) echo "error: unknown stage '$name': expected tests, cifar10, profile, sampling, celeba or e2e" >&2; exit 2 ;;
+        tests | cifar10 | compiled | profile | sampling | celeba | e2e) ;;
+        *) echo "error: unknown stage '$name': expected tests, cifar10, compiled, profile, sampling, celeba or e2e" >&2; exit 2 ;;
     esac
 done
 mkdir -p "$outdir"
@@ -83,7 +86,10 @@ end_to_end() {
         log.root=$root log.run_name=$run log.sample_every=0
     "$py" inference.py --checkpoint "$root/$run" --device cuda --num-samples 64 --sampler ddpm --steps 100 \
         --video none --out "$root/samples"
+    "$py" inference.py --checkpoint "$root/$run" --device cuda --num-samples 64 --sampler ddim --steps 50 \
+        --compile --video none --out "$root/samples-compiled"
     cp "$root/samples/grid.png" "$outdir/grid.png"
+    cp "$root/samples-compiled/grid.png" "$outdir/grid-compiled.png"
 }
 export py outdir
 export -f end_to_end
@@ -92,12 +98,13 @@ bench=("$py" benchmarks/bench_models.py --device cuda --repeats 20 --markdown)
 for name in "${stages[@]}"; do
     case $name in
         tests) stage tests 60 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_samplers.py -k "cuda or gpu" ;;
-        cifar10) stage cifar10 240 "${bench[@]}" --preset ddpm_cifar10 --modes bf16 bf16+channels_last bf16+compile \
-            --diffusers-modes bf16 bf16+channels_last ;;
+        cifar10) stage cifar10 120 "${bench[@]}" --preset ddpm_cifar10 --modes bf16 bf16+channels_last ;;
+        compiled) stage compiled 320 "${bench[@]}" --preset ddpm_cifar10 \
+            --modes bf16+compile bf16+channels_last+compile bf16+cudagraphs --diffusers-modes fp32 ;;
         profile) stage profile 150 "$py" benchmarks/profile_step.py --preset ddpm_cifar10 --mode bf16+compile --rows 30 ;;
         sampling) stage sampling 60 "$py" benchmarks/bench_sampling.py --device cuda --precision bf16 --max-steps 200 ;;
         celeba) stage celeba 200 "${bench[@]}" --preset config --modes bf16 bf16+compile --diffusers-modes bf16 ;;
-        e2e) stage e2e 150 bash -c end_to_end ;;
+        e2e) stage e2e 200 bash -c end_to_end ;;
     esac
 done
 
@@ -107,7 +114,7 @@ for name in "${stages[@]}"; do
     case $name in
         tests) tail -n 3 "$outdir/tests.log" ;;
         profile) grep -E "^(train|sample):" "$outdir/profile.log" ;;
-        e2e) grep -E "^(trained steps|checkpoint|sampled in|error)" "$outdir/e2e.log" || tail -n 5 "$outdir/e2e.log" ;;
+        e2e) grep -E "^(trained steps|checkpoint|sampled|wrote|error)" "$outdir/e2e.log" || tail -n 5 "$outdir/e2e.log" ;;
         *) grep -E '^(\||[A-Za-z].*(GFLOP/s|parameters|images))' "$outdir/$name.log" ;;
     esac
 done

@@ -110,6 +110,9 @@ def test_modes_combine_with_plus():
     assert mode.memory_format == torch.channels_last
     fp32 = bench_models.Mode.parse("fp32")
     assert (fp32.compute_dtype, fp32.memory_format, fp32.compile) == (torch.float32, torch.contiguous_format, False)
+    assert (mode.compile_mode, fp32.compile_mode) == (None, None)
+    graphs = bench_models.Mode.parse("bf16+cudagraphs")
+    assert (graphs.compile, graphs.compile_mode) == (True, "reduce-overhead")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown mode 'bf16\\+fast'"):
         bench_models.Mode.parse("bf16+fast")
 
