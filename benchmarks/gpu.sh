@@ -79,10 +79,10 @@ end_to_end() {
     local root=/tmp/ddpm-gpu-e2e run=gpu
     rm -rf "$root"
     set -e
-    "$py" train.py --config Configs/digits.yaml train.device=cuda train.precision=bf16 train.compile=true \
+    "$py" train.py --config Configs/digits.yaml train.device=cuda train.precision=bf16 train.compile=true train.cuda_graphs=true \
         train.steps=300 log.root=$root log.run_name=$run log.sample_every=0
     "$py" -m torch.distributed.run --standalone --nproc_per_node=1 train.py --config Configs/digits.yaml \
-        --resume train.device=cuda train.precision=bf16 train.compile=true train.steps=400 \
+        --resume train.device=cuda train.precision=bf16 train.compile=true train.cuda_graphs=true train.steps=400 \
         log.root=$root log.run_name=$run log.sample_every=0
     "$py" inference.py --checkpoint "$root/$run" --device cuda --num-samples 64 --sampler ddpm --steps 100 \
         --video none --out "$root/samples"
@@ -103,7 +103,7 @@ for name in "${stages[@]}"; do
             --modes bf16+compile bf16+channels_last+compile bf16+cudagraphs --diffusers-modes fp32 ;;
         profile) stage profile 150 "$py" benchmarks/profile_step.py --preset ddpm_cifar10 --mode bf16+compile --rows 30 ;;
         sampling) stage sampling 60 "$py" benchmarks/bench_sampling.py --device cuda --precision bf16 --max-steps 200 ;;
-        celeba) stage celeba 200 "${bench[@]}" --preset config --modes bf16 bf16+compile --diffusers-modes bf16 ;;
+        celeba) stage celeba 240 "${bench[@]}" --preset config --modes bf16 bf16+cudagraphs --diffusers-modes bf16 ;;
         e2e) stage e2e 200 bash -c end_to_end ;;
     esac
 done

@@ -71,6 +71,7 @@ class TrainConfig:
     ema_every: int = 1  # update the EMA weights every this many steps
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the model
+    cuda_graphs: bool = False  # with compile on CUDA: replay the compiled model as CUDA graphs (torch.compile mode reduce-overhead); no effect on other devices
     channels_last: bool = False  # channels-last memory format for the model and batches
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto picks cuda, then mps, then cpu
     seed: int = 0  # seeds data order, noise, dropout and flips (each process adds its rank)
@@ -295,6 +296,8 @@ def validate(cfg: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: model.num_heads ({m.num_heads}) must divide every level's channels ({channels})")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"{source}: model.dropout: expected a value in [0, 1), got {m.dropout}")
+    if cfg.train.cuda_graphs and not cfg.train.compile:
+        raise ConfigError(f"{source}: train.cuda_graphs=true needs train.compile=true (the graphs are recorded by torch.compile)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"{source}: train.ema_decay: expected a value in [0, 1), got {cfg.train.ema_decay}")
     if len(cfg.train.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.train.adam_betas):

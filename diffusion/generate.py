@@ -170,7 +170,8 @@ def write_samples(
     """Sample from ``loaded`` and write into ``out_dir``: ``grid.png``, ``images/000000.png`` ...
     (with ``save_images``), ``denoise.mp4`` / ``.gif`` (``video``; ``options.frames`` frames at
     ``options.fps``, the final image held a second) and ``samples.json``. With ``compile`` the
-    network is run through ``torch.compile`` (its compilation counts in the sampling time).
+    network is run through ``torch.compile`` (its compilation counts in the sampling time), on
+    CUDA replayed as CUDA graphs (mode "reduce-overhead").
     Returns the samples (N, C, H, W) in [-1, 1] and that record."""
     check_options(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
@@ -179,7 +180,8 @@ def write_samples(
     device = next(loaded.model.parameters()).device
     dtype = autocast_dtype(precision, device)
     started = time.perf_counter()
-    model = torch.compile(loaded.model) if compile else loaded.model
+    mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs: 1.2x a compiled call on an H200
+    model = torch.compile(loaded.model, mode=mode) if compile else loaded.model
     images, frames = sample_with_animation(
         model, loaded.schedule, options, options.frames if video != "none" else 0,
         device=device, autocast_dtype=dtype, progress=progress,

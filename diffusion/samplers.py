@@ -159,7 +159,8 @@ def make_denoiser(
         net_input = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             output = model(net_input, t_batch)
-        x0, eps = schedule.predict_x0_eps(output.to(x.dtype), x, t_batch)
+        # A copy: a CUDA-graph replay of a compiled model reuses its output buffer at the next call.
+        x0, eps = schedule.predict_x0_eps(output.to(x.dtype, copy=True), x, t_batch)
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
             eps = schedule.eps_from_x0(x, t_batch, x0)

@@ -177,7 +177,8 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=device_ids) if self.env.enabled else None
         net = self.ddp if self.ddp is not None else self.model
-        self.net = torch.compile(net) if t.compile else net
+        cuda_graphs = t.cuda_graphs and self.device.type == "cuda"
+        self.net = torch.compile(net, mode="reduce-overhead" if cuda_graphs else None) if t.compile else net
         self.stop_requested = False
         self.writer = None
         self.last_loss = math.nan

@@ -66,6 +66,7 @@ def test_overrides_are_converted_to_the_field_type(repo_root):
         (["train.steps=many"], "train.steps: expected an integer, got 'many'"),
         (["train.steps=1.5"], "train.steps: expected an integer"),
         (["train.compile=maybe"], "train.compile: expected true or false"),
+        (["train.cuda_graphs=true"], "train.cuda_graphs=true needs train.compile=true"),
         (["diffusion.schedule=quadratic"], "expected one of 'linear', 'cosine'"),
         (["train.lr"], "expected section.key=value"),
         (["model.channel_mult=2"], "expected a list of integers"),

@@ -302,8 +302,10 @@ def test_compiled_model_trains(tmp_path, monkeypatch):
     # Dynamo and AOTAutograd trace the model as with the default backend; the inductor's
     # C++ code generation (minutes on two CPU cores) is left out.
     compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="aot_eager"))
-    run = train(tiny(tmp_path, "train.steps=2", "train.compile=true"))
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: modes.append(mode) or compile_(model, backend="aot_eager"))
+    run = train(tiny(tmp_path, "train.steps=2", "train.compile=true", "train.cuda_graphs=true"))
+    assert modes == [None]  # CUDA graphs only on CUDA
     state = load_checkpoint(run)
     build_model(from_dict(state["config"])).load_state_dict(state["model"])  # no _orig_mod. prefix
 
