@@ -2,11 +2,11 @@
 operator table, sorted by the time each operator's own kernels take on the device.
 
 The step is the one ``bench_models.py`` times (forward, L_simple loss, backward, fused AdamW),
-on our U-Net in one of its modes. Besides the tables it prints the wall time per call and the
+on our U-Net in each of the modes given, one after the other. Besides the tables it prints the wall time per call and the
 share of it the device spent in kernels: a low share means the step waits on the host
 (kernel launches, Python), a high one that the kernels themselves are slow.
 
-    python benchmarks/profile_step.py [--preset ddpm_cifar10] [--device cuda] [--mode bf16+compile]
+    python benchmarks/profile_step.py [--preset ddpm_cifar10] [--device cuda] [--mode bf16+compile ...]
                                       [--batch 128] [--calls 5] [--rows 25] [--trace trace.json]
 """
 
@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="ddpm_cifar10", help="a preset under Configs/ or a YAML path (default: ddpm_cifar10)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--mode", type=Mode.parse, default=None,
-                        help="fp32 or +-joined bf16, channels_last, compile, cudagraphs (default: bf16+compile on CUDA, fp32 on CPU)")
+    parser.add_argument("--mode", nargs="+", type=Mode.parse, default=None,
+                        help="fp32 or +-joined bf16, channels_last, compile, cudagraphs; several are profiled in turn"
+                        " (default: bf16+compile on CUDA, fp32 on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="images per call (default: as bench_models.py)")
     parser.add_argument("--calls", type=int, default=5, help="profiled calls of each kind (default 5)")
     parser.add_argument("--rows", type=int, default=25, help="operators listed per table (default 25)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--trace", type=Path, default=None,
-                        help="also write Chrome traces: PATH with -train / -sample before its suffix")
+                        help="also write Chrome traces: PATH with -MODE-train / -MODE-sample before its suffix")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.rows < 1 or (args.batch is not None and args.batch < 1):
         raise UserError("--calls, --rows and --batch must be at least 1")
@@ -80,22 +81,23 @@ def main(argv: list[str] | None = None) -> None:
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    mode = args.mode or Mode.parse("bf16+compile" if device.type == "cuda" else "fp32")
+    modes = args.mode or [Mode.parse("bf16+compile" if device.type == "cuda" else "fp32")]
     name, cfg = load_preset(args.preset)
     batch = args.batch or PRESET_BATCH[device.type].get(name, cfg.train.batch_size)
     size = cfg.model.image_size
     x0, noise, t = fixed_batch(cfg, batch, device)
     schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
-    train_step, sample_call = make_steps(UNet(**vars(cfg.model)), mode, device, schedule, x0, noise, t)
-    print(f"{name}, {size}x{size}, batch {batch}, {mode.name}, {device} "
-          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} thread(s)'})")
-    for label, fn in (("train", train_step), ("sample", sample_call)):
-        trace = args.trace.with_name(f"{args.trace.stem}-{label}{args.trace.suffix}") if args.trace else None
-        table, wall, busy = profile_calls(fn, args.calls, device, trace)
-        lines = table.splitlines()
-        share = "" if busy is None else f", {100 * busy:.0f}% of it in device kernels"
-        print(f"\n{label}: {1e3 * wall:.2f} ms per call{share}")
-        print("\n".join(lines[: 3 + args.rows] + lines[-2:]))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} thread(s)"
+    for i, mode in enumerate(modes):
+        train_step, sample_call = make_steps(UNet(**vars(cfg.model)), mode, device, schedule, x0, noise, t)
+        print(f"{chr(10) * 2 if i else ''}{name}, {size}x{size}, batch {batch}, {mode.name}, {device} ({where})")
+        for label, fn in (("train", train_step), ("sample", sample_call)):
+            trace = args.trace.with_name(f"{args.trace.stem}-{mode.name}-{label}{args.trace.suffix}") if args.trace else None
+            table, wall, busy = profile_calls(fn, args.calls, device, trace)
+            lines = table.splitlines()
+            share = "" if busy is None else f", {100 * busy:.0f}% of it in device kernels"
+            print(f"\n{label}: {1e3 * wall:.2f} ms per call{share}")
+            print("\n".join(lines[: 3 + args.rows] + lines[-2:]))
 
 
 if __name__ == "__main__":

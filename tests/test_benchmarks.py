@@ -128,15 +128,17 @@ def test_plain_table_is_aligned():
 def test_profiler_lists_the_operators_of_a_step_and_a_call(tmp_path, capsys):
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump(TINY))
-    profile_step.main(["--preset", str(preset), "--device", "cpu", "--mode", "channels_last", "--batch", "3",
+    profile_step.main(["--preset", str(preset), "--device", "cpu", "--mode", "fp32", "channels_last", "--batch", "3",
                        "--calls", "1", "--rows", "4", "--threads", "1", "--trace", str(tmp_path / "trace.json")])
     out = capsys.readouterr().out
-    assert out.startswith("tiny, 8x8, batch 3, channels_last, cpu (1 thread(s))")
-    for label, op in (("train", "aten::convolution_backward"), ("sample", "aten::mkldnn_convolution")):
-        section = out.split(f"\n{label}: ")[1].split("\n\n")[0]
-        assert section.split()[1:4] == ["ms", "per", "call"] and op in section
-        assert len([line for line in section.splitlines() if line.lstrip().startswith("aten::")]) <= 4
-        assert (tmp_path / f"trace-{label}.json").stat().st_size > 0
+    assert out.startswith("tiny, 8x8, batch 3, fp32, cpu (1 thread(s))")
+    assert "\n\n\ntiny, 8x8, batch 3, channels_last, cpu (1 thread(s))" in out
+    for mode in ("fp32", "channels_last"):
+        for label, op in (("train", "aten::convolution_backward"), ("sample", "aten::mkldnn_convolution")):
+            section = out.split(f"batch 3, {mode}, ")[1].split(f"\n{label}: ")[1].split("\n\n")[0]
+            assert section.split()[1:4] == ["ms", "per", "call"] and op in section
+            assert len([line for line in section.splitlines() if line.lstrip().startswith("aten::")]) <= 4
+            assert (tmp_path / f"trace-{mode}-{label}.json").stat().st_size > 0
     with pytest.raises(UserError, match="--calls"):
         profile_step.main(["--calls", "0"])
 
