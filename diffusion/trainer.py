@@ -46,7 +46,7 @@ from diffusion import distributed
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from diffusion.config import Config, TrainConfig
 from diffusion.data import BatchIterator, channels_of, prepare_dataset
-from diffusion.device import autocast_dtype, resolve_device
+from diffusion.device import autocast_dtype, compile_network, resolve_device
 from diffusion.ema import EMA
 from diffusion.errors import CheckpointError, ConfigError
 from diffusion.schedule import NoiseSchedule
@@ -177,8 +177,7 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=device_ids) if self.env.enabled else None
         net = self.ddp if self.ddp is not None else self.model
-        cuda_graphs = t.cuda_graphs and self.device.type == "cuda"
-        self.net = torch.compile(net, mode="reduce-overhead" if cuda_graphs else None) if t.compile else net
+        self.net = compile_network(net, self.device, t.cuda_graphs) if t.compile else net
         self.stop_requested = False
         self.writer = None
         self.last_loss = math.nan

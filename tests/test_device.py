@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.device import PRECISIONS, autocast_dtype, precision_name, resolve_device
+from diffusion.device import PRECISIONS, autocast_dtype, compile_network, precision_name, resolve_device
 from diffusion.errors import UserError
 
 
@@ -63,3 +63,12 @@ def test_bf16_on_a_gpu_without_it_is_a_one_line_error(two_gpus, monkeypatch):
     with pytest.raises(UserError, match=r"^train\.precision: this GPU has no bf16 support; use fp16 or fp32$"):
         autocast_dtype("auto", torch.device("cuda", 0), "train.precision")
     assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # CPU autocast has bf16
+
+
+def test_compile_network_uses_cuda_graphs_on_cuda_only(monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: modes.append(mode) or model)
+    net = torch.nn.Linear(2, 2)
+    for device, cuda_graphs in (("cuda", True), ("cuda", False), ("cpu", True), ("mps", True)):
+        assert compile_network(net, torch.device(device), cuda_graphs) is net
+    assert modes == ["reduce-overhead", None, None, None]
