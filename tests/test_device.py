@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.device import PRECISIONS, autocast_dtype, compile_network, precision_name, resolve_device
+from diffusion.device import (
+    PRECISIONS,
+    autocast_dtype,
+    compile_network,
+    precision_name,
+    resolve_device,
+)
 from diffusion.errors import UserError
 
 

@@ -16,6 +16,7 @@ from conftest import ROOT, subprocess_env
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import diffusion.trainer
 from diffusion.checkpoint import load_checkpoint
 from diffusion.config import from_dict, load_config
 from diffusion.ema import EMA
@@ -302,10 +303,14 @@ def test_compiled_model_trains(tmp_path, monkeypatch):
     # Dynamo and AOTAutograd trace the model as with the default backend; the inductor's
     # C++ code generation (minutes on two CPU cores) is left out.
     compile_ = torch.compile
-    modes = []
+    modes, requests = [], []
     monkeypatch.setattr(torch, "compile", lambda model, mode: modes.append(mode) or compile_(model, backend="aot_eager"))
+    network = diffusion.trainer.compile_network
+    monkeypatch.setattr(diffusion.trainer, "compile_network",
+                        lambda net, device, cuda_graphs: requests.append(cuda_graphs) or network(net, device, cuda_graphs))
     run = train(tiny(tmp_path, "train.steps=2", "train.compile=true", "train.cuda_graphs=true"))
-    assert modes == [None]  # CUDA graphs only on CUDA
+    assert requests == [True]  # train.cuda_graphs reaches the compile call ...
+    assert modes == [None]  # ... and CUDA graphs are used on CUDA only
     state = load_checkpoint(run)
     build_model(from_dict(state["config"])).load_state_dict(state["model"])  # no _orig_mod. prefix
 
