@@ -261,7 +261,6 @@ def validate(cfg: Config, source: str = "config") -> Config:
         "train.warmup_steps": cfg.train.warmup_steps,
         "train.weight_decay": cfg.train.weight_decay,
         "train.grad_clip": cfg.train.grad_clip,
-        "sample.eta": cfg.sample.eta,
         "log.sample_every": cfg.log.sample_every,
         "log.fid_every": cfg.log.fid_every,
     }
@@ -271,6 +270,8 @@ def validate(cfg: Config, source: str = "config") -> Config:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{source}: {key}: expected a value >= 0, got {value}")
+    if not 0.0 <= cfg.sample.eta <= 1.0:  # a config error now, not a sampler error at the first sample grid
+        raise ConfigError(f"{source}: sample.eta: expected a value in [0, 1], got {cfg.sample.eta}")
     m = cfg.model
     if m.head_dim is not None and m.head_dim <= 0:
         raise ConfigError(f"{source}: model.head_dim: expected a positive integer or null, got {m.head_dim}")

@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from diffusion import distributed
-from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, write_atomic
 from diffusion.config import Config, TrainConfig
 from diffusion.data import BatchIterator, channels_of, prepare_dataset
 from diffusion.device import autocast_dtype, compile_network, resolve_device
@@ -286,9 +286,7 @@ class Trainer:
             self.cfg, log=dataclasses.replace(self.cfg.log, root=str(self.run_dir.parent), run_name=self.run_dir.name)
         )
         text = resolved.to_yaml()
-        tmp = self.run_dir / ".config.yaml.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.run_dir / "config.yaml")
+        write_atomic(self.run_dir / "config.yaml", lambda f: f.write(text.encode()))
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.writer.add_text("config", "    " + text.replace("\n", "\n    "), self.step)
 

@@ -75,6 +75,8 @@ def test_overrides_are_converted_to_the_field_type(repo_root):
         (["model.image_size=32"], "model.image_size (32) must equal data.image_size (16)"),
         (["sample.steps=5000"], "sample.steps (5000) must be <= diffusion.timesteps"),
         (["train.ema_decay=1.0"], "train.ema_decay"),
+        (["sample.eta=1.5"], "sample.eta: expected a value in [0, 1], got 1.5"),
+        (["sample.eta=-0.1"], "sample.eta: expected a value in [0, 1], got -0.1"),
         (["diffusion.timesteps=20", "diffusion.schedule=linear", "sample.steps=10", "log.sample_steps=10"],
          "diffusion.timesteps (20) is too small for the linear schedule"),
     ],
