@@ -123,6 +123,13 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def preview_sampling(self, num_samples: int) -> SampleConfig:
+        """The fast sampler of training-time grids and FIDs: ``log.sample_sampler`` in
+        ``log.sample_steps`` steps, the rest of the ``sample`` section as it is."""
+        return dataclasses.replace(
+            self.sample, sampler=self.log.sample_sampler, steps=self.log.sample_steps, num_samples=num_samples
+        )
+
 
 def _section_types() -> dict[str, type]:
     """{section name: its dataclass}, in file order."""

@@ -38,7 +38,7 @@ from diffusion.config import Config, DataConfig
 from diffusion.data import prepare_dataset
 from diffusion.errors import UserError
 from diffusion.media import to_uint8
-from diffusion.samplers import generate
+from diffusion.samplers import generate_from
 from diffusion.schedule import NoiseSchedule
 
 try:  # the optional 'fid' extra
@@ -304,19 +304,7 @@ def fid_of_model(
     """FID of ``num_samples`` samples of ``model`` (the trainer's periodic ``log.fid_every``),
     drawn with the fast training-time sampler (``log.sample_sampler``, ``log.sample_steps``) from
     the fixed seed ``sample.seed``, so that successive FIDs see the same noise. No KID."""
-    samples = generate(
-        model,
-        schedule,
-        num_samples,
-        sampler=cfg.log.sample_sampler,
-        steps=cfg.log.sample_steps,
-        eta=cfg.sample.eta,
-        seed=cfg.sample.seed,
-        batch_size=cfg.sample.batch_size,
-        clip_denoised=cfg.sample.clip_denoised,
-        ddpm_variance=cfg.sample.ddpm_variance,
-        device=device,
-        autocast_dtype=autocast_dtype,
-        progress=progress,
+    samples = generate_from(
+        model, schedule, cfg.preview_sampling(num_samples), device=device, autocast_dtype=autocast_dtype, progress=progress,
     )
     return fid_of_samples(samples, cfg.data, device, extractor=extractor, kid=False, progress=progress).fid

@@ -23,7 +23,7 @@ from diffusion.config import Config, SampleConfig, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
-from diffusion.samplers import ReverseStep, animation_steps, generate, timestep_sequence
+from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
 from diffusion.trainer import build_model
 from models import UNet
@@ -134,10 +134,8 @@ def sample_with_animation(
             buffer = states.setdefault(step.index, torch.empty((options.num_samples, *pixels.shape[1:]), dtype=torch.uint8))
             buffer[batch.start : batch.stop] = pixels
 
-    images = generate(
-        model, schedule, options.num_samples,
-        sampler=options.sampler, steps=options.steps, eta=options.eta, seed=options.seed,
-        batch_size=options.batch_size, clip_denoised=options.clip_denoised, ddpm_variance=options.ddpm_variance,
+    images = generate_from(
+        model, schedule, options,
         device=device, autocast_dtype=autocast_dtype, progress=progress, on_step=record if shown else None,
     )
     grids = {index: image_grid(pixels) for index, pixels in states.items()}

@@ -25,13 +25,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from diffusion.schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from diffusion.config import SampleConfig
 
 SamplerName = Literal["ddpm", "ddim", "dpm++"]
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
@@ -347,6 +350,16 @@ def generate(
         model.train(was_training)
         bar.close()
     return images
+
+
+def generate_from(model: torch.nn.Module, schedule: NoiseSchedule, options: SampleConfig, **kwargs: Any) -> torch.Tensor:
+    """:func:`generate` with the options of a config's ``sample`` section (``num_samples``,
+    sampler, steps, eta, seed, batch size, clipping, DDPM variance); ``kwargs`` go to it as they are."""
+    return generate(
+        model, schedule, options.num_samples, sampler=options.sampler, steps=options.steps, eta=options.eta,
+        seed=options.seed, batch_size=options.batch_size, clip_denoised=options.clip_denoised,
+        ddpm_variance=options.ddpm_variance, **kwargs,
+    )
 
 
 def schedule_on(schedule: NoiseSchedule, device: torch.device) -> NoiseSchedule:

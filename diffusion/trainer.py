@@ -416,13 +416,11 @@ class Trainer:
         if not self.env.is_main:
             return
         from diffusion.media import image_grid, save_png
-        from diffusion.samplers import generate
+        from diffusion.samplers import generate_from
 
-        log, sample = self.cfg.log, self.cfg.sample
-        images = generate(
-            self.ema.module, self.schedule, log.sample_count, sampler=log.sample_sampler, steps=log.sample_steps,
-            eta=sample.eta, seed=sample.seed, batch_size=sample.batch_size, clip_denoised=sample.clip_denoised,
-            ddpm_variance=sample.ddpm_variance, device=self.device, autocast_dtype=self.amp_dtype,
+        images = generate_from(
+            self.ema.module, self.schedule, self.cfg.preview_sampling(self.cfg.log.sample_count),
+            device=self.device, autocast_dtype=self.amp_dtype,
         )
         grid = image_grid(images)
         save_png(grid, self.run_dir / "samples" / f"step_{self.step:07d}.png")
