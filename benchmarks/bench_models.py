@@ -44,13 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion.config import Config, ModelConfig, load_config  # noqa: E402
-from diffusion.device import resolve_device  # noqa: E402
+from diffusion.device import compile_network, resolve_device  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.schedule import NoiseSchedule  # noqa: E402
 from models import UNet  # noqa: E402
 
-# Batch sizes of the issue's table: small on a CPU, a training batch on a GPU. A preset given
-# as a YAML path uses its train.batch_size.
+# Batch sizes of the table in the README: small on a CPU, a training batch on a GPU.
 PRESET_BATCH = {
     "cpu": {"ddpm_cifar10": 8, "digits": 64, "config": 4},
     "cuda": {"ddpm_cifar10": 128, "digits": 64, "config": 64},
@@ -78,14 +77,14 @@ ATTENTION_FLOPS = {
 
 @dataclass(frozen=True)
 class Mode:
-    """How both networks run: autocast dtype (None: fp32), memory format, torch.compile and its
-    mode (``reduce-overhead`` replays CUDA graphs)."""
+    """How both networks run: autocast dtype (None: fp32), memory format, torch.compile, and
+    whether the compiled calls are replayed as CUDA graphs (``diffusion.device.compile_network``)."""
 
     name: str
     dtype: torch.dtype | None = None
     channels_last: bool = False
     compile: bool = False
-    compile_mode: str | None = None
+    cudagraphs: bool = False
 
     @classmethod
     def parse(cls, name: str) -> Mode:
@@ -100,7 +99,7 @@ class Mode:
         cudagraphs = "cudagraphs" in options
         return cls(
             name, torch.bfloat16 if "bf16" in options else None, "channels_last" in options,
-            "compile" in options or cudagraphs, "reduce-overhead" if cudagraphs else None,
+            "compile" in options or cudagraphs, cudagraphs,
         )
 
     @property
@@ -165,6 +164,12 @@ def build_pair(m: ModelConfig) -> dict[str, nn.Module]:
     pair = {"ours": UNet(**vars(m)), "diffusers": theirs}
     check_same_size(pair)
     return pair
+
+
+def preset_batch(preset: str, cfg: Config, device: torch.device) -> int:
+    """The README table's batch for a preset name; a YAML path (even one named ``config.yaml``)
+    uses its own ``train.batch_size``."""
+    return PRESET_BATCH[device.type].get(preset, cfg.train.batch_size)
 
 
 def load_preset(preset: str) -> tuple[str, Config]:
@@ -285,7 +290,7 @@ def make_steps(
     model = copy.deepcopy(module).to(device, memory_format=mode.memory_format)
     x0, noise = (x.contiguous(memory_format=mode.memory_format) for x in (x0, noise))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=True)  # CPU and CUDA since torch 2.4
-    net = torch.compile(model, mode=mode.compile_mode) if mode.compile else model
+    net = compile_network(model, device, mode.cudagraphs) if mode.compile else model
 
     def autocast() -> torch.autocast:
         return torch.autocast(device.type, dtype=mode.compute_dtype, enabled=mode.dtype is not None)
@@ -382,7 +387,7 @@ def run_benchmark(
     def results() -> Iterator[str | Row]:
         for preset in presets:
             preset_name, cfg = load_preset(preset)
-            batch = PRESET_BATCH[device.type].get(preset_name, cfg.train.batch_size)
+            batch = preset_batch(preset, cfg, device)
             note, rows = bench_preset(preset_name, cfg, modes, batch, device, repeats, peaks, diffusers_names)
             yield note
             yield from rows

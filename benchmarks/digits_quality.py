@@ -13,6 +13,7 @@ Data/cache/) a small CNN classifier on the bundled digits and measures, over N s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -24,15 +25,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion.checkpoint import load_checkpoint  # noqa: E402
-from diffusion.config import from_dict  # noqa: E402
+from diffusion.config import SampleConfig  # noqa: E402
 from diffusion.data import prepare_dataset  # noqa: E402
-from diffusion.errors import run_cli  # noqa: E402
+from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.fid import compare_image_sets  # noqa: E402
+from diffusion.generate import load_model  # noqa: E402
 from diffusion.media import to_uint8  # noqa: E402
-from diffusion.samplers import generate  # noqa: E402
-from diffusion.schedule import NoiseSchedule  # noqa: E402
-from models import UNet  # noqa: E402
+from diffusion.samplers import SAMPLERS, generate_from  # noqa: E402
 
 
 class DigitClassifier(nn.Module):
@@ -122,40 +121,48 @@ def quality(classifier: DigitClassifier, samples: torch.Tensor, real: torch.Tens
     }
 
 
-def main() -> int:
+def sampler_options(spec: str, sample: SampleConfig, num_samples: int, seed: int) -> SampleConfig:
+    """``sampler[:steps]`` as sampling options; ``default`` is the checkpoint's own sampler, and
+    every option not named comes from its ``sample`` section."""
+    name, _, steps = spec.partition(":")
+    sampler = sample.sampler if name == "default" else name
+    if sampler not in SAMPLERS or (steps and not steps.isdigit()):
+        raise UserError(f"--samplers: expected default or {', '.join(SAMPLERS)}, optionally :STEPS, got '{spec}'")
+    return dataclasses.replace(
+        sample, sampler=sampler, steps=int(steps) if steps else sample.steps, num_samples=num_samples, seed=seed,
+        batch_size=250,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     parser.add_argument("--samplers", nargs="+", default=["default", "ddim:50"],
                         help="sampler[:steps] list; 'default' uses the checkpoint's sample section")
     parser.add_argument("--num-samples", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--root", default="Data")
-    args = parser.parse_args()
+    parser.add_argument("--seed", type=int, default=1, help="seed of the samples and of the real-vs-real subset")
+    parser.add_argument("--root", default="Data", help="data root: the digits cache and the classifier live under it")
+    args = parser.parse_args(argv)
 
-    state = load_checkpoint(args.checkpoint)
-    cfg = from_dict(state["config"])
-    model = UNet(**cfg.to_dict()["model"])
-    model.load_state_dict(state["ema"])
-    model.eval()
-    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    loaded = load_model(args.checkpoint)
+    cfg = loaded.config
+    if cfg.data.source != "digits" or cfg.model.image_size != 16 or cfg.model.in_channels != 1:
+        raise UserError(f"{loaded.path}: not a 16x16 digits model (data.source {cfg.data.source!r}, "
+                        f"{cfg.model.in_channels} channel(s) at {cfg.model.image_size}x{cfg.model.image_size})")
+    options = [sampler_options(spec, cfg.sample, args.num_samples, args.seed) for spec in args.samplers]
     classifier = trained_classifier(args.root)
     real, _ = digits_data(args.root)
-    print(f"real vs real (500 random training images): {quality(classifier, real[torch.randperm(len(real))[:500]], real)}")
-    print(f"checkpoint {args.checkpoint} at step {state['step']}")
+    subset = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(args.seed))[:500]]
+    print(f"real vs real (500 random training images): {quality(classifier, subset, real)}")
+    print(f"checkpoint {loaded.path} at step {loaded.step}")
     print("| sampler | steps | FID (classifier) | min class % | max class % | confident % | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for spec in args.samplers:
-        name, _, steps = spec.partition(":")
-        if name == "default":
-            name, steps = cfg.sample.sampler, str(cfg.sample.steps)
-        steps_n = int(steps) if steps else cfg.sample.steps
+    for option in options:
         start = time.perf_counter()
-        samples = generate(model, schedule, args.num_samples, sampler=name, steps=steps_n, eta=0.0,
-                           seed=args.seed, batch_size=250, clip_denoised=cfg.sample.clip_denoised,
-                           ddpm_variance=cfg.sample.ddpm_variance)
+        samples = generate_from(loaded.model, loaded.schedule, option)
         seconds = time.perf_counter() - start
         q = quality(classifier, samples, real)
-        print(f"| {name} | {steps_n} | {q['fid']:.2f} | {100 * q['min_class_share']:.1f} | "
+        print(f"| {option.sampler} | {option.steps} | {q['fid']:.2f} | {100 * q['min_class_share']:.1f} | "
               f"{100 * q['max_class_share']:.1f} | {100 * q['confident']:.1f} | {seconds:.1f} |")
     return 0
 

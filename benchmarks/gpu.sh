@@ -21,8 +21,8 @@
 # a time limit, cut so that the whole script ends within BUDGET seconds (default 560), and one
 # that fails does not stop the others. Logs go to OUTDIR (default out/gpu/), one per stage,
 # with each stage's exit status and time in summary.txt; the tables are printed last. The
-# "% peak" columns are model FLOP utilisation against the card's bf16 peak as the benchmark
-# measures it (a large bf16 matmul).
+# "% peak" columns are model FLOP utilisation against the peak of the mode's compute dtype as
+# the benchmark measures it (the best of a large matmul and a 3x3 convolution).
 #
 #   benchmarks/gpu.sh [OUTDIR [STAGE...]]
 #
@@ -37,15 +37,21 @@ elif [[ -x .venv/bin/python ]]; then
 else
     py=python3
 fi
+all_stages=(tests cifar10 compiled profile sampling celeba e2e)
+is_stage() { [[ " ${all_stages[*]} " == *" $1 "* ]]; }
 outdir="${1:-out/gpu}"
+if is_stage "$outdir"; then
+    echo "error: '$outdir' is a stage; the output folder comes first: gpu.sh OUTDIR [STAGE...]" >&2
+    exit 2
+fi
 shift || true
-stages=("${@:-tests cifar10 compiled profile sampling celeba e2e}")
-read -ra stages <<< "${stages[*]}"
+stages=("$@")
+(( ${#stages[@]} )) || stages=("${all_stages[@]}")
 for name in "${stages[@]}"; do
-    case $name in
-        tests | cifar10 | compiled | profile | sampling | celeba | e2e) ;;
-        *) echo "error: unknown stage '$name': expected tests, cifar10, compiled, profile, sampling, celeba or e2e" >&2; exit 2 ;;
-    esac
+    if ! is_stage "$name"; then
+        echo "error: unknown stage '$name': expected one of ${all_stages[*]}" >&2
+        exit 2
+    fi
 done
 mkdir -p "$outdir"
 summary="$outdir/summary.txt"
@@ -74,7 +80,7 @@ stage() {
     echo "== $name (at most ${limit} s)" >&2
     timeout --kill-after=10 "$limit" "$@" >"$outdir/$name.log" 2>&1
     rc=$?
-    echo "$name: exit $rc$([[ $rc == 124 ]] && echo ' (time limit)') after $((SECONDS - start)) s" | tee -a "$summary" >&2
+    echo "$name: exit $rc$([[ $rc == 124 || $rc == 137 ]] && echo ' (time limit)') after $((SECONDS - start)) s" | tee -a "$summary" >&2
 }
 
 end_to_end() {

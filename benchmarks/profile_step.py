@@ -24,11 +24,11 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_models import (  # noqa: E402
-    PRESET_BATCH,
     Mode,
     fixed_batch,
     load_preset,
     make_steps,
+    preset_batch,
     synchronize,
 )
 from diffusion.device import resolve_device  # noqa: E402
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     modes = args.mode or [Mode.parse("bf16+compile" if device.type == "cuda" else "fp32")]
     name, cfg = load_preset(args.preset)
-    batch = args.batch or PRESET_BATCH[device.type].get(name, cfg.train.batch_size)
+    batch = args.batch or preset_batch(args.preset, cfg, device)
     size = cfg.model.image_size
     x0, noise, t = fixed_batch(cfg, batch, device)
     schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)

@@ -15,9 +15,10 @@ from conftest import subprocess_env
 from torch.utils.flop_counter import FlopCounterMode
 
 from attention import SpatialSelfAttention
-from benchmarks import bench_data, bench_models, bench_sampling, profile_step
+from benchmarks import bench_data, bench_models, bench_sampling, digits_quality, profile_step
 from diffusion.config import from_dict, load_config
 from diffusion.errors import UserError
+from diffusion.trainer import train
 from models import UNet
 
 needs_diffusers = pytest.mark.skipif(
@@ -110,11 +111,19 @@ def test_modes_combine_with_plus():
     assert mode.memory_format == torch.channels_last
     fp32 = bench_models.Mode.parse("fp32")
     assert (fp32.compute_dtype, fp32.memory_format, fp32.compile) == (torch.float32, torch.contiguous_format, False)
-    assert (mode.compile_mode, fp32.compile_mode) == (None, None)
+    assert (mode.cudagraphs, fp32.cudagraphs) == (False, False)
     graphs = bench_models.Mode.parse("bf16+cudagraphs")
-    assert (graphs.compile, graphs.compile_mode) == (True, "reduce-overhead")
+    assert (graphs.compile, graphs.cudagraphs) == (True, True)
     with pytest.raises(argparse.ArgumentTypeError, match="unknown mode 'bf16\\+fast'"):
         bench_models.Mode.parse("bf16+fast")
+
+
+def test_a_yaml_path_uses_its_own_batch(repo_root, tmp_path):
+    cfg = load_config(repo_root / "Configs" / "config.yaml")
+    path = tmp_path / "config.yaml"  # a run's resolved config has the CelebA preset's file name
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (bench_models.preset_batch("config", cfg, cpu), bench_models.preset_batch("config", cfg, cuda)) == (4, 64)
+    assert bench_models.preset_batch(str(path), cfg, cpu) == cfg.train.batch_size == 128
 
 
 def test_plain_table_is_aligned():
@@ -148,6 +157,8 @@ def test_gpu_script_checks_its_stages_and_the_gpu(repo_root, tmp_path):
     env = {**subprocess_env(), "PYTHON": sys.executable}
     bad = subprocess.run(["bash", script, str(tmp_path), "tests", "speed"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown stage 'speed'" in bad.stderr
+    swapped = subprocess.run(["bash", script, "cifar10"], capture_output=True, text=True, env=env)
+    assert swapped.returncode == 2 and "'cifar10' is a stage" in swapped.stderr
     if not torch.cuda.is_available():
         no_gpu = subprocess.run(["bash", script, str(tmp_path), "tests"], capture_output=True, text=True, env=env)
         assert no_gpu.returncode == 2 and "no CUDA device" in no_gpu.stderr
@@ -191,3 +202,31 @@ def test_sampling_benchmark_rejects_bad_flags():
 def test_data_benchmark_needs_a_batch_of_images():
     with pytest.raises(UserError, match="--images"):
         bench_data.main(["--images", "8", "--batch", "16"])
+
+
+def digits_run(repo_root, tmp_path, *overrides: str):
+    """A one-step run of the digits preset with a small U-Net, under ``tmp_path``."""
+    small = ["model.base_channels=8", "model.channel_mult=[1,2]", "model.norm_groups=4", "model.num_res_blocks=1",
+             "model.attention_resolutions=[]", "train.steps=1", "train.batch_size=4", "train.device=cpu",
+             "log.sample_every=0", f"log.root={tmp_path}", "log.run_name=run", f"data.root={tmp_path / 'Data'}"]
+    return train(load_config(repo_root / "Configs" / "digits.yaml", [*small, *overrides]))
+
+
+@pytest.mark.slow
+def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys):
+    run = digits_run(repo_root, tmp_path, "sample.sampler=ddim", "sample.steps=3")
+    with pytest.raises(UserError, match="--samplers: expected default or ddpm, ddim, dpm\\+\\+"):
+        digits_quality.main(["--checkpoint", str(run), "--samplers", "euler"])
+    assert digits_quality.main(["--checkpoint", str(run), "--samplers", "default", "default:2", "dpm++:2",
+                                "--num-samples", "12", "--root", str(tmp_path / "Data")]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| d")]
+    assert [(r[0], r[1]) for r in rows] == [("| ddim", "3"), ("| ddim", "2"), ("| dpm++", "2")]
+    assert all(float(r[2]) >= 0 for r in rows)  # an FID per sampler
+    assert (tmp_path / "Data" / "cache" / "digits16_classifier_seed0.pt").is_file()
+
+
+def test_digits_quality_refuses_other_models(repo_root, tmp_path):
+    run = digits_run(repo_root, tmp_path, "data.image_size=8", "model.image_size=8")
+    with pytest.raises(UserError, match="not a 16x16 digits model"):
+        digits_quality.main(["--checkpoint", str(run)])
