@@ -18,6 +18,7 @@ from attention import SpatialSelfAttention
 from benchmarks import bench_data, bench_models, bench_sampling, digits_quality, profile_step
 from diffusion.config import from_dict, load_config
 from diffusion.errors import UserError
+from diffusion.samplers import uses_channels_last
 from diffusion.trainer import train
 from models import UNet
 
@@ -90,11 +91,12 @@ def test_model_benchmark_prints_a_table(tmp_path, repo_root):
     assert fp32_diffusers.rstrip(" |").endswith("1.00 | 1.00")  # the reference row
 
 
-def test_model_benchmark_rejects_bad_flags():
+def test_model_benchmark_rejects_bad_flags(capsys):
     with pytest.raises(UserError, match="--repeats must be at least 1"):
         bench_models.main(["--repeats", "0"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         bench_models.main(["--modes", "fp16"])
+    assert exit_.value.code == 2 and "unknown mode 'fp16'" in capsys.readouterr().err
     with pytest.raises(UserError, match="--diffusers-modes: compile not among --modes"):
         bench_models.main(["--modes", "bf16", "--diffusers-modes", "fp32", "compile"])
 
@@ -172,7 +174,20 @@ def test_data_benchmark_runs(repo_root):
     assert "prepare img/s" in result.stdout and "batches img/s" in result.stdout
 
 
-def test_sampling_benchmark_extrapolates_from_a_few_steps(tmp_path, capsys):
+def spy_sampling(monkeypatch) -> list[tuple[bool, torch.dtype | None]]:
+    """(channels-last weights, autocast dtype) of each reverse process bench_sampling runs."""
+    runs, reverse_process = [], bench_sampling.reverse_process
+
+    def spy(model, *args, **kwargs):
+        runs.append((uses_channels_last(model), kwargs["autocast_dtype"]))
+        return reverse_process(model, *args, **kwargs)
+
+    monkeypatch.setattr(bench_sampling, "reverse_process", spy)
+    return runs
+
+
+def test_sampling_benchmark_extrapolates_from_a_few_steps(tmp_path, capsys, monkeypatch):
+    runs = spy_sampling(monkeypatch)
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump(TINY))
     bench_sampling.main(["--preset", str(preset), "--threads", "1", "--num-samples", "3", "--max-steps", "2",
@@ -182,9 +197,11 @@ def test_sampling_benchmark_extrapolates_from_a_few_steps(tmp_path, capsys):
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| tiny")]
     assert [(r[1].strip(), r[2].strip()) for r in rows] == [("ddpm", "1000"), ("ddim", "50"), ("dpm++", "20")]
     assert all(r[3].strip().endswith("(from 2 steps)") for r in rows)
+    assert runs == [(True, None)] * 4  # a warm-up and the three samplers
 
 
-def test_sampling_benchmark_runs_under_autocast(tmp_path, capsys):
+def test_sampling_benchmark_runs_under_autocast(tmp_path, capsys, monkeypatch):
+    runs = spy_sampling(monkeypatch)
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump(TINY))
     bench_sampling.main(["--preset", str(preset), "--threads", "1", "--num-samples", "2", "--max-steps", "1",
@@ -192,6 +209,7 @@ def test_sampling_benchmark_runs_under_autocast(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("2 images, cpu, bf16, 1 thread(s)\n")
     assert len([line for line in out.splitlines() if line.startswith("| tiny")]) == 3
+    assert runs == [(False, torch.bfloat16)] * 4
 
 
 def test_sampling_benchmark_rejects_bad_flags():

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import diffusion.data
 from diffusion.config import DataConfig
 from diffusion.data import CELEBA_BOX, BatchIterator, prepare_dataset
 from diffusion.errors import DataError
@@ -114,7 +115,9 @@ def test_folder_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_decoding_workers_give_the_same_cache(tmp_path):
+def test_decoding_workers_give_the_same_cache(tmp_path, monkeypatch):
+    imap, workers = diffusion.data._imap, []
+    monkeypatch.setattr(diffusion.data, "_imap", lambda fn, items, n: workers.append(n) or imap(fn, items, n))
     rng = np.random.default_rng(0)
     for i in range(12):
         save_image(tmp_path / "a" / f"{i:02d}.png", rng.integers(0, 256, (10, 14, 3), dtype=np.uint8))
@@ -124,6 +127,7 @@ def test_decoding_workers_give_the_same_cache(tmp_path):
         cache.unlink()
     pooled = prepare_dataset(DataConfig(source="folder", root=str(tmp_path / "b"), image_size=6, num_workers=2))
     np.testing.assert_array_equal(serial, pooled)
+    assert workers == [0, 2]  # data.num_workers decoding processes
 
 
 def fake_celeba(root: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 from conftest import ROOT, RandomConvFeatures, subprocess_env, write_random_inception_weights
 
 import diffusion.fid
+import diffusion.generate
 import inference
 from diffusion.checkpoint import save_checkpoint
 from diffusion.config import from_dict
@@ -130,7 +131,10 @@ def test_samples_depend_on_the_seed_not_on_the_batch_size(tiny_run, tmp_path):
     assert np.array_equal(read_png(tmp_path / "d" / "images/000001.png"), read_png(tmp_path / "a" / "images/000001.png"))
 
 
-def test_flags_override_the_config(tiny_run, tmp_path):
+def test_flags_override_the_config(tiny_run, tmp_path, monkeypatch):
+    generate_from, used = diffusion.generate.generate_from, []
+    monkeypatch.setattr(diffusion.generate, "generate_from", lambda model, schedule, options, **kw: used.append(
+        (options, kw["autocast_dtype"])) or generate_from(model, schedule, options, **kw))
     record = sample(
         checkpoint_of(tiny_run), tmp_path / "x",
         "--sampler", "ddim", "--steps", "10", "--eta", "0.5", "--num-samples", "3", "--batch-size", "2",
@@ -143,6 +147,9 @@ def test_flags_override_the_config(tiny_run, tmp_path):
     gif = iio.imread(tmp_path / "x" / "denoise.gif", index=None)
     assert gif.shape[1:3] == (22 * 12, 22 * 12) and 1 < len(gif) <= 3 + 2  # 3 frames + 1 s held (repeats merge)
     assert record["files"] == ["denoise.gif"]
+    ((options, dtype),) = used  # what the sampler ran with, not only what samples.json says
+    assert (options.sampler, options.steps, options.eta, options.num_samples, options.batch_size) == ("ddim", 10, 0.5, 3, 2)
+    assert dtype == torch.bfloat16
 
 
 def test_no_ema_samples_the_raw_weights(tiny_run, tmp_path):

@@ -72,6 +72,16 @@ def test_attention_is_placed_at_the_configured_resolutions():
     assert model.mid[0].attn is not None
 
 
+@pytest.mark.parametrize("heads, head_dim, expected", [(1, None, 1), (4, None, 4), (4, 16, 2)])
+def test_attention_heads_and_scale_shift_reach_every_block(heads, head_dim, expected):
+    scale_shift = heads > 1
+    model = UNet(**TINY, num_heads=heads, head_dim=head_dim, scale_shift=scale_shift)  # 32 channels at 4x4
+    attention = [m for m in model.modules() if isinstance(m, SpatialSelfAttention)]
+    assert attention and all(a.num_heads == expected for a in attention)  # head_dim wins over heads
+    blocks = [m for m in model.modules() if hasattr(m, "emb_proj")]
+    assert blocks and all(b.emb_proj.out_features == (2 if scale_shift else 1) * b.conv2.out_channels for b in blocks)
+
+
 def test_dropout_is_active_in_train_mode_only():
     model = randomize_(UNet(**{**TINY, "dropout": 0.5}))
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])

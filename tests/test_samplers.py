@@ -15,6 +15,8 @@ import pytest
 import torch
 from torch import nn
 
+import diffusion.samplers
+from diffusion.config import SampleConfig
 from diffusion.samplers import (
     NoiseStreams,
     animation_steps,
@@ -306,3 +308,15 @@ def test_generate_on_cuda_is_independent_of_batch_size_and_autocasts(sampler, ex
     torch.testing.assert_close(batched, one_batch, atol=1e-4, rtol=0)
     low = generate(model, schedule, 6, sampler=sampler, steps=20, seed=5, autocast_dtype=torch.bfloat16)
     assert 0 < (low - one_batch).abs().max() < 0.05
+
+
+def test_generate_from_passes_every_sampling_option(monkeypatch):
+    calls = []
+    monkeypatch.setattr(diffusion.samplers, "generate", lambda *args, **kwargs: calls.append((args, kwargs)))
+    options = SampleConfig(sampler="ddim", steps=7, eta=0.3, ddpm_variance="beta_tilde", clip_denoised=False,
+                           num_samples=5, batch_size=2, seed=9)
+    diffusion.samplers.generate_from("model", "schedule", options, device="cpu")
+    ((args, kwargs),) = calls
+    assert args == ("model", "schedule", 5)
+    assert kwargs == dict(sampler="ddim", steps=7, eta=0.3, seed=9, batch_size=2, clip_denoised=False,
+                          ddpm_variance="beta_tilde", device="cpu")

@@ -142,3 +142,14 @@ def test_gather_broadcasts_and_casts():
     out = s.q_sample(x + 1, torch.tensor([0, 1, 2]), x)
     assert out.dtype == torch.float32 and out.shape == x.shape
     assert out[1, 1, 4, 4].item() == pytest.approx(s.sqrt_alpha_bar[1].item(), rel=1e-6)
+
+
+def test_from_config_follows_every_diffusion_key():
+    from diffusion.config import DiffusionConfig
+
+    linear = NoiseSchedule.from_config(DiffusionConfig(timesteps=500, beta_start=2e-4, beta_end=0.01, objective="v"))
+    assert linear.timesteps == 500 and linear.objective == "v"
+    torch.testing.assert_close(linear.betas, linear_betas(500, 2e-4, 0.01))
+    cosine = NoiseSchedule.from_config(DiffusionConfig(timesteps=500, schedule="cosine", objective="x0"))
+    assert cosine.objective == "x0"
+    torch.testing.assert_close(cosine.betas, cosine_betas(500))

@@ -21,6 +21,7 @@ from diffusion.checkpoint import load_checkpoint
 from diffusion.config import from_dict, load_config
 from diffusion.ema import EMA
 from diffusion.errors import CheckpointError, run_cli
+from diffusion.samplers import uses_channels_last
 from diffusion.trainer import build_model, learning_rate, train
 from train import main
 
@@ -284,6 +285,30 @@ def test_precision_and_memory_format_options_train(tmp_path, option):
     assert ("scale" in state["scaler"]) == (option == "train.precision=fp16")
 
 
+@pytest.mark.parametrize("flip, channels_last", [(True, True), (False, False)])
+def test_train_options_reach_the_step(tmp_path, monkeypatch, flip, channels_last):
+    seen = {"calls": []}
+    iterator, ema = diffusion.trainer.BatchIterator, diffusion.trainer.EMA
+    monkeypatch.setattr(diffusion.trainer, "BatchIterator",
+                        lambda *args, **kwargs: seen.update(flip=kwargs["random_flip"]) or iterator(*args, **kwargs))
+    monkeypatch.setattr(diffusion.trainer, "EMA", lambda model, decay: seen.update(decay=decay) or ema(model, decay))
+
+    def record(module: torch.nn.Module, inputs: tuple) -> None:
+        if module.__class__.__name__ == "UNet":  # digits have one channel, so the weights tell the layout
+            seen["calls"].append((torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
+                                  uses_channels_last(module)))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        run = train(tiny(tmp_path, "train.steps=2", "train.grad_accum=2", "train.ema_decay=0.2", "train.precision=bf16",
+                         f"data.random_flip={str(flip).lower()}", f"train.channels_last={str(channels_last).lower()}"))
+    finally:
+        hook.remove()
+    assert (seen["flip"], seen["decay"]) == (flip, 0.2)
+    assert seen["calls"] == [(torch.bfloat16, channels_last)] * 4  # 2 steps x 2 accumulated micro-batches
+    assert load_checkpoint(run)["data"]["index"] == 4
+
+
 def test_grad_clip_bounds_the_first_update(tmp_path):
     def first_update(clip: str) -> float:
         cfg = tiny(tmp_path, "train.steps=1", "train.warmup_steps=0", "train.lr=0.01", clip, run=clip)
@@ -339,9 +364,15 @@ def test_bad_override_from_a_real_process(tmp_path):
 
 
 # Needs diffusion.samplers (written separately): kept last.
-def test_sample_grids_go_to_samples_and_tensorboard(tmp_path):
+def test_sample_grids_go_to_samples_and_tensorboard(tmp_path, monkeypatch):
+    import diffusion.samplers
+
+    generate_from, used = diffusion.samplers.generate_from, []
+    monkeypatch.setattr(diffusion.samplers, "generate_from",
+                        lambda model, schedule, options, **kw: used.append(options) or generate_from(model, schedule, options, **kw))
     run = train(tiny(tmp_path, "train.steps=3", "log.sample_every=2", "log.sample_count=4", "log.sample_steps=2",
-                     "log.sample_sampler=ddim"))
+                     "log.sample_sampler=ddim", "sample.ddpm_variance=beta_tilde"))
+    assert [(o.sampler, o.steps, o.num_samples, o.ddpm_variance) for o in used] == [("ddim", 2, 4, "beta_tilde")] * 2
     grids = sorted(p.name for p in (run / "samples").iterdir())
     assert grids == ["step_0000002.png", "step_0000003.png"]  # every sample_every steps and at the end
     with Image.open(run / "samples" / "step_0000002.png") as grid:
