@@ -355,21 +355,25 @@ class BatchIterator:
                 yield indices[i], flips[i]
             epoch, index = epoch + 1, 0
 
-    def _produce(self, epoch: int, index: int) -> None:
+    def _put(self, item: torch.Tensor | BaseException) -> bool:
+        """Queue ``item`` for the consumer, waiting while the queue is full; False once
+        :meth:`close` asks the thread to stop (so a full queue never blocks ``close``)."""
         assert self._queue is not None
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, epoch: int, index: int) -> None:
         try:
             for indices, flips in self._positions(epoch, index):
-                batch = self.load_batch(indices, flips)
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(self.load_batch(indices, flips)):
                     return
         except BaseException as err:  # handed to the consumer, raised there
-            self._queue.put(err)
+            self._put(err)
 
     def __iter__(self) -> BatchIterator:
         return self

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +295,24 @@ def test_channels_last_batches_and_too_small_datasets():
     batches.close()
     with pytest.raises(DataError, match="fewer than one batch"):
         BatchIterator(np.zeros((5, 4, 4, 3), np.uint8), batch_size=3, world_size=2)
+
+
+def test_close_returns_when_a_failure_finds_the_queue_full():
+    batches = BatchIterator(labelled_images(10), batch_size=3, seed=1, prefetch=1)
+    load, attempts = batches.load_batch, []
+
+    def failing_load(indices, flips):
+        attempts.append(indices)
+        if len(attempts) == 3:
+            raise OSError("disk gone")
+        return load(indices, flips)
+
+    batches.load_batch = failing_load
+    assert next(batches).shape[0] == 3
+    deadline = time.monotonic() + 10  # the thread queues batch 2, then batch 3 fails with the queue full
+    while len(attempts) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    closer = threading.Thread(target=batches.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive(), "close() waited forever on the full queue"
