@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from diffusion.device import PRECISIONS, resolve_device
+from diffusion.device import PRECISIONS, resolve_device, tune_host_allocator
 from diffusion.errors import UserError, run_cli
 from diffusion.generate import (
     VIDEO_FORMATS,
@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device, "--device")
+    tune_host_allocator(device)
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
     overrides = {
         "num_samples": args.num_samples, "batch_size": args.batch_size, "sampler": args.sampler,

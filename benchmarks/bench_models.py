@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion.config import Config, ModelConfig, load_config  # noqa: E402
-from diffusion.device import compile_network, resolve_device  # noqa: E402
+from diffusion.device import compile_network, resolve_device, tune_host_allocator  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.schedule import NoiseSchedule  # noqa: E402
 from models import UNet  # noqa: E402
@@ -433,6 +433,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--diffusers-modes", nargs="+", type=Mode.parse, default=None, metavar="MODE",
                         help="the modes in which diffusers runs too (default: all; fp32 always)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's allocator as it is (default: keep freed host memory, as train.py and"
+                        " inference.py do on CPU; both networks run alike either way)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
@@ -440,10 +443,12 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise UserError(f"--diffusers-modes: {', '.join(sorted(unknown))} not among --modes")
     device = resolve_device(args.device, "--device")
+    kept = not args.default_allocator and tune_host_allocator(device)
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     notes, results = run_benchmark(args.preset, args.modes, device, args.repeats, args.diffusers_modes)
+    notes.append(f"host allocator: {'freed memory kept' if kept else 'as the platform sets it'}")
     print("\n".join(notes), flush=True)
     for item in results:  # a preset's note, then its rows as they are measured
         if isinstance(item, str):

@@ -46,7 +46,7 @@ from diffusion import distributed
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, write_atomic
 from diffusion.config import Config, TrainConfig
 from diffusion.data import BatchIterator, channels_of, prepare_dataset
-from diffusion.device import autocast_dtype, compile_network, resolve_device
+from diffusion.device import autocast_dtype, compile_network, resolve_device, tune_host_allocator
 from diffusion.ema import EMA
 from diffusion.errors import CheckpointError, ConfigError
 from diffusion.schedule import NoiseSchedule
@@ -128,6 +128,7 @@ class Trainer:
         self.cfg = cfg
         self.env = distributed.from_environment()
         self.device = resolve_device(cfg.train.device, "train.device", self.env.local_rank)
+        tune_host_allocator(self.device)
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device, "train.precision")
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         channels = channels_of(cfg.data.source)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import platform
 import subprocess
 import sys
 
@@ -15,7 +16,14 @@ from conftest import subprocess_env
 from torch.utils.flop_counter import FlopCounterMode
 
 from attention import SpatialSelfAttention
-from benchmarks import bench_data, bench_models, bench_sampling, digits_quality, profile_step
+from benchmarks import (
+    bench_allocator,
+    bench_data,
+    bench_models,
+    bench_sampling,
+    digits_quality,
+    profile_step,
+)
 from diffusion.config import from_dict, load_config
 from diffusion.errors import UserError
 from diffusion.samplers import uses_channels_last
@@ -77,10 +85,11 @@ def test_model_benchmark_prints_a_table(tmp_path, repo_root):
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump(TINY))
     cmd = [sys.executable, str(repo_root / "benchmarks" / "bench_models.py"), "--preset", str(preset),
-           "--repeats", "1", "--threads", "1", "--markdown", "--modes", "channels_last", "--diffusers-modes", "fp32"]
+           "--repeats", "1", "--threads", "1", "--markdown", "--modes", "channels_last", "--diffusers-modes", "fp32",
+           "--default-allocator"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert result.returncode == 0, result.stderr
-    assert "1 thread(s)" in result.stdout
+    assert "1 thread(s)" in result.stdout and "host allocator: as the platform sets it" in result.stdout
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| preset"))
     assert [c.strip() for c in header.strip("|").split("|")] == list(bench_models.COLUMNS)
@@ -193,7 +202,8 @@ def test_sampling_benchmark_extrapolates_from_a_few_steps(tmp_path, capsys, monk
     bench_sampling.main(["--preset", str(preset), "--threads", "1", "--num-samples", "3", "--max-steps", "2",
                          "--channels-last"])
     out = capsys.readouterr().out
-    assert out.startswith("3 images, cpu, fp32, 1 thread(s), channels-last")
+    kept = ", freed host memory kept" if platform.libc_ver()[0] == "glibc" else ""
+    assert out.startswith(f"3 images, cpu, fp32, 1 thread(s), channels-last{kept}\n")
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| tiny")]
     assert [(r[1].strip(), r[2].strip()) for r in rows] == [("ddpm", "1000"), ("ddim", "50"), ("dpm++", "20")]
     assert all(r[3].strip().endswith("(from 2 steps)") for r in rows)
@@ -205,11 +215,32 @@ def test_sampling_benchmark_runs_under_autocast(tmp_path, capsys, monkeypatch):
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump(TINY))
     bench_sampling.main(["--preset", str(preset), "--threads", "1", "--num-samples", "2", "--max-steps", "1",
-                         "--precision", "bf16"])
+                         "--precision", "bf16", "--default-allocator"])
     out = capsys.readouterr().out
     assert out.startswith("2 images, cpu, bf16, 1 thread(s)\n")
     assert len([line for line in out.splitlines() if line.startswith("| tiny")]) == 3
     assert runs == [(False, torch.bfloat16)] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
+def test_allocator_benchmark_compares_the_two_settings_in_fresh_processes(capsys):
+    bench_allocator.main(["--preset", "digits", "--threads", "1", "--rounds", "1", "--calls", "1"])
+    out = capsys.readouterr().out
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| digits")]
+    assert [(r[1], r[2]) for r in rows] == [
+        ("train", "glibc default"), ("train", "freed memory kept"),
+        ("sample", "glibc default"), ("sample", "freed memory kept"),
+    ]
+    faults = {(r[1], r[2]): int(r[5]) for r in rows}
+    assert faults["train", "freed memory kept"] < faults["train", "glibc default"] / 10  # thousands per step
+
+
+def test_allocator_benchmark_names_a_failed_measurement(tmp_path):
+    with pytest.raises(UserError, match="--threads, --rounds and --calls must be at least 1"):
+        bench_allocator.main(["--rounds", "0"])
+    with pytest.raises(UserError, match=r"^the default train measurement of .*missing\.yaml failed: "):
+        bench_allocator.main(["--preset", str(tmp_path / "missing.yaml"), "--rounds", "1", "--calls", "1"])
 
 
 def test_sampling_benchmark_rejects_bad_flags():

@@ -3,15 +3,22 @@ errors naming the setting. CUDA is faked where a test needs it (torch.device nee
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
+from conftest import subprocess_env
 
+from diffusion import device as device_module
 from diffusion.device import (
     PRECISIONS,
     autocast_dtype,
     compile_network,
     precision_name,
     resolve_device,
+    tune_host_allocator,
 )
 from diffusion.errors import UserError
 
@@ -55,13 +62,62 @@ def test_unknown_device_names_are_one_line_errors(name):
     assert str(err.value) == f"--device: expected auto, cpu, cuda, cuda:N or mps, got '{name}'"
 
 
-def test_autocast_dtypes_and_their_names(two_gpus):
+def test_autocast_dtypes_and_their_names(two_gpus, monkeypatch):
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: False)
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("auto", gpu) == torch.bfloat16
     assert [autocast_dtype(p, cpu) for p in ("fp32", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
     assert [precision_name(autocast_dtype(p, cpu)) for p in PRECISIONS] == ["fp32", "fp32", "bf16", "fp16"]
     with pytest.raises(UserError, match=r"^--precision: expected one of auto, fp32, bf16, fp16, got 'fp8'$"):
         autocast_dtype("fp8", cpu, "--precision")
+
+
+def test_auto_is_bf16_on_a_cpu_with_bf16_instructions(monkeypatch):
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
+    assert autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+
+
+def test_cpu_bf16_detection_follows_the_instruction_set(monkeypatch):
+    """x86: AVX-512 BF16 or AMX; other architectures: what oneDNN reports."""
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert device_module.cpu_has_bf16() is expected
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert device_module.cpu_has_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
+def test_kept_host_memory_spares_the_page_faults_of_new_tensors(repo_root):
+    """Allocating and freeing 32 MiB of activations faults in every page anew with glibc's
+    defaults; after tune_host_allocator the heap keeps and reuses them. Each setting runs in a
+    fresh process: the allocator is process-wide."""
+    script = (
+        "import resource, sys, torch\n"
+        "from diffusion.device import tune_host_allocator\n"
+        "applied = sys.argv[1] == 'kept' and tune_host_allocator(torch.device('cpu'))\n"
+        "def churn():\n"
+        "    tensors = [torch.ones(1 << 20) for _ in range(8)]\n"  # 8 x 4 MiB, then all freed
+        "for _ in range(2): churn()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5): churn()\n"
+        "print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    results = {}
+    for setting in ("default", "kept"):
+        out = subprocess.run([sys.executable, "-c", script, setting], capture_output=True, text=True, check=True,
+                             cwd=repo_root, env=subprocess_env()).stdout.split()
+        results[setting] = (out[0] == "True", int(out[1]))
+    assert results["default"][0] is False and results["kept"][0] is True
+    assert results["default"][1] > 5 * 8 * 1024 / 2  # about one fault per 4 KiB page (5 rounds of 32 MiB)
+    assert results["kept"][1] < 100
+
+
+def test_host_allocator_is_left_alone_for_gpu_work():
+    assert tune_host_allocator(torch.device("cuda", 0)) is False
+    assert tune_host_allocator(torch.device("mps")) is False
 
 
 def test_bf16_on_a_gpu_without_it_is_a_one_line_error(two_gpus, monkeypatch):
