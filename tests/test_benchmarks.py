@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import platform
@@ -11,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import subprocess_env
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,6 +23,7 @@ from benchmarks import (
     bench_data,
     bench_models,
     bench_sampling,
+    cpu_bf16,
     digits_quality,
     profile_step,
 )
@@ -279,3 +282,62 @@ def test_digits_quality_refuses_other_models(repo_root, tmp_path):
     run = digits_run(repo_root, tmp_path, "data.image_size=8", "model.image_size=8")
     with pytest.raises(UserError, match="not a 16x16 digits model"):
         digits_quality.main(["--checkpoint", str(run)])
+
+
+def test_emulated_bf16_kernels_round_like_bf16_autocast():
+    """The emulation matches the CPU's own bf16 convolution forward to the bit (fp32 accumulation
+    of bf16 inputs, bf16 output); linear layers, attention and convolution backward within about
+    a bf16 ulp; outside bf16 autocast fp32 stays fp32."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 6, 6, generator=gen, requires_grad=True)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    linear = torch.nn.Linear(8, 24)
+    q = torch.randn(2, 1, 12, 8, generator=gen)
+    grad = torch.randn(2, 16, 6, 6, generator=gen)
+
+    def run(emulate: bool, autocast: bool = True):
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with cpu_bf16.EmulatedBF16Kernels() if emulate else contextlib.nullcontext():
+                y = conv(x)
+                outs = (y, linear(x.flatten(2).transpose(1, 2)), F.scaled_dot_product_attention(q, 0.5 * q, 2 * q))
+        y.backward(grad.to(y.dtype))
+        return [o.float() for o in outs] + [x.grad.clone()]
+
+    real, emulated = run(False), run(True)
+    assert [o.dtype for o in emulated[:3]] == [torch.float32] * 3  # compared as float; both were bf16
+    assert (emulated[0] == real[0]).float().mean() > 0.999  # convolution: all but rare rounding ties
+    for e, r in zip(emulated[1:], real[1:], strict=True):  # linear, attention, convolution backward
+        assert ((e - r).norm() / r.norm()) < 2**-7
+    fp32 = run(False, autocast=False)
+    assert not torch.equal(emulated[0], fp32[0])  # the emulation does round
+    assert all(torch.equal(a, b) for a, b in zip(run(True, autocast=False), fp32, strict=True))
+
+
+def test_bf16_check_flags_choose_the_kernels(monkeypatch, tmp_path, capsys):
+    emulated = []
+    monkeypatch.setattr(cpu_bf16, "train_run", lambda p, s, steps, out, emulate, root: emulated.append(emulate) or tmp_path)
+    monkeypatch.setattr(cpu_bf16, "logged_losses", lambda run: {10: 0.5})
+    monkeypatch.setattr(cpu_bf16, "sample_quality", lambda *a: {"fid": 1.0, "confident": 1.0, "min_class_share": 0.1})
+    for kernels, has_bf16, expected in (("auto", False, True), ("auto", True, False), ("native", False, False),
+                                        ("emulated", True, True)):
+        monkeypatch.setattr(cpu_bf16, "cpu_has_bf16", lambda v=has_bf16: v)
+        cpu_bf16.main(["--kernels", kernels, "--seeds", "3", "--out", str(tmp_path)])
+        assert emulated[-2:] == [expected, expected]  # the fp32 run gets the flag too and ignores it
+        assert capsys.readouterr().out.startswith("emulated" if expected else "native")
+    with pytest.raises(UserError, match="--steps must be at least 1"):
+        cpu_bf16.main(["--steps", "0"])
+
+
+@pytest.mark.slow
+def test_bf16_check_trains_both_precisions_and_scores_them(repo_root, tmp_path, capsys):
+    data = str(tmp_path / "Data")
+    cpu_bf16.main(["--steps", "3", "--seeds", "0", "--num-samples", "4", "--out", str(tmp_path), "--root", data])
+    out = capsys.readouterr().out
+    (folder,) = tmp_path.glob("cpu-bf16-*")
+    assert sorted(p.name for p in folder.iterdir()) == ["bf16-seed0", "fp32-seed0"]
+    losses = [line.split(" | ") for line in out.splitlines() if line.startswith("| 3 |")]
+    assert len(losses) == 1 and all(0.5 < float(cell.split()[0]) < 1.5 for cell in losses[0][1:])
+    scores = [line for line in out.splitlines() if line.startswith(("| fp32 | 0 |", "| bf16 | 0 |"))]
+    assert len(scores) == 2
+    assert yaml.safe_load((folder / "bf16-seed0" / "config.yaml").read_text())["train"]["precision"] == "bf16"
