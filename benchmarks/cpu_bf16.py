@@ -23,6 +23,7 @@ one bf16 ulp (0.1-0.4%) apart (``tests/test_benchmarks.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -76,6 +77,11 @@ def _round_to_bf16(value: object) -> object:
     return value
 
 
+def bf16_kernels(precision: str, emulate: bool) -> contextlib.AbstractContextManager:
+    """The emulation for a bf16 run that asks for it; nothing otherwise."""
+    return EmulatedBF16Kernels() if emulate and precision == "bf16" else contextlib.nullcontext()
+
+
 def logged_losses(run_dir: Path) -> dict[int, float]:
     """The run's ``train/loss`` scalars by step, read back from its TensorBoard log."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -91,20 +97,15 @@ def train_run(precision: str, seed: int, steps: int, out: Path, emulate: bool, r
         f"train.checkpoint_every={steps}", "log.sample_every=0", f"log.log_every={min(50, steps)}",
         f"log.root={out}", f"log.run_name={precision}-seed{seed}",
     ])
-    if emulate and precision == "bf16":
-        with EmulatedBF16Kernels():
-            return train(cfg)
-    return train(cfg)
+    with bf16_kernels(precision, emulate):
+        return train(cfg)
 
 
 def sample_quality(run_dir: Path, precision: str, num_samples: int, emulate: bool, root: str) -> dict[str, float]:
     loaded = load_model(run_dir)
     options = sampler_options("default", loaded.config.sample, num_samples, seed=1)
     dtype = torch.bfloat16 if precision == "bf16" else None
-    if emulate and precision == "bf16":
-        with EmulatedBF16Kernels():
-            samples = generate_from(loaded.model, loaded.schedule, options, autocast_dtype=dtype)
-    else:
+    with bf16_kernels(precision, emulate):
         samples = generate_from(loaded.model, loaded.schedule, options, autocast_dtype=dtype)
     real, _ = digits_data(root)
     return quality(trained_classifier(root), samples, real)
