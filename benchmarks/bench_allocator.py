@@ -63,7 +63,7 @@ def run_worker(setting: str, preset: str, kind: str, threads: int, calls: int) -
            "--threads", str(threads), "--calls", str(calls)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
-        raise UserError(f"the {setting} {kind} measurement of {preset} failed: {done.stderr.strip().splitlines()[-1]}")
+        raise UserError(f"the {setting} {kind} measurement of {preset} failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -166,6 +166,17 @@ def build_pair(m: ModelConfig) -> dict[str, nn.Module]:
     return pair
 
 
+def add_allocator_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's allocator as it is (default: keep freed host memory on a CPU, as"
+                        " train.py and inference.py do)")
+
+
+def set_up_allocator(args: argparse.Namespace, device: torch.device) -> bool:
+    """Keep freed host memory unless ``--default-allocator``; whether it is kept."""
+    return not args.default_allocator and tune_host_allocator(device)
+
+
 def preset_batch(preset: str, cfg: Config, device: torch.device) -> int:
     """The README table's batch for a preset name; a YAML path (even one named ``config.yaml``)
     uses its own ``train.batch_size``."""
@@ -433,9 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--diffusers-modes", nargs="+", type=Mode.parse, default=None, metavar="MODE",
                         help="the modes in which diffusers runs too (default: all; fp32 always)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's allocator as it is (default: keep freed host memory, as train.py and"
-                        " inference.py do on CPU; both networks run alike either way)")
+    add_allocator_flag(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
@@ -443,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise UserError(f"--diffusers-modes: {', '.join(sorted(unknown))} not among --modes")
     device = resolve_device(args.device, "--device")
-    kept = not args.default_allocator and tune_host_allocator(device)
+    kept = set_up_allocator(args, device)
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
     if args.threads is not None:
         torch.set_num_threads(args.threads)

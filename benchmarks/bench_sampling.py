@@ -22,14 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_models import load_preset, synchronize  # noqa: E402
-from diffusion.device import (  # noqa: E402
-    PRECISIONS,
-    autocast_dtype,
-    precision_name,
-    resolve_device,
-    tune_host_allocator,
-)
+from benchmarks.bench_models import add_allocator_flag, load_preset, set_up_allocator, synchronize  # noqa: E402
+from diffusion.device import PRECISIONS, autocast_dtype, precision_name, resolve_device  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.samplers import NoiseStreams, reverse_process  # noqa: E402
 from diffusion.schedule import NoiseSchedule  # noqa: E402
@@ -68,14 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="autocast precision, as inference.py --precision (default auto: bf16 on CUDA and on CPUs with bf16 instructions, else fp32)")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's allocator as it is (default: keep freed host memory, as inference.py does on CPU)")
+    add_allocator_flag(parser)
     args = parser.parse_args(argv)
     if args.num_samples < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise UserError("--num-samples and --max-steps must be at least 1")
     device = resolve_device(args.device, "--device")
     dtype = autocast_dtype(args.precision, device, "--precision")
-    kept = not args.default_allocator and tune_host_allocator(device)
+    kept = set_up_allocator(args, device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"{args.num_samples} images, {args.device}, {precision_name(dtype)}, {torch.get_num_threads()} thread(s)"

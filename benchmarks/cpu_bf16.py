@@ -38,7 +38,13 @@ from torch.utils._pytree import tree_map
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.digits_quality import digits_data, quality, sampler_options, trained_classifier  # noqa: E402
+from benchmarks.digits_quality import (  # noqa: E402
+    DigitClassifier,
+    digits_data,
+    quality,
+    sampler_options,
+    trained_classifier,
+)  # noqa: E402
 from diffusion.config import load_config  # noqa: E402
 from diffusion.device import cpu_has_bf16  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
@@ -101,14 +107,15 @@ def train_run(precision: str, seed: int, steps: int, out: Path, emulate: bool, r
         return train(cfg)
 
 
-def sample_quality(run_dir: Path, precision: str, num_samples: int, emulate: bool, root: str) -> dict[str, float]:
+def sample_quality(
+    run_dir: Path, precision: str, num_samples: int, emulate: bool, classifier: DigitClassifier, real: torch.Tensor,
+) -> dict[str, float]:
     loaded = load_model(run_dir)
     options = sampler_options("default", loaded.config.sample, num_samples, seed=1)
     dtype = torch.bfloat16 if precision == "bf16" else None
     with bf16_kernels(precision, emulate):
         samples = generate_from(loaded.model, loaded.schedule, options, autocast_dtype=dtype)
-    real, _ = digits_data(root)
-    return quality(trained_classifier(root), samples, real)
+    return quality(classifier, samples, real)
 
 
 def band(values: list[float]) -> str:
@@ -138,10 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     for step in sorted(losses["fp32", args.seeds[0]]):
         cells = [band([losses[p, s][step] for s in args.seeds]) for p in PRECISIONS]
         print(f"| {step} | {cells[0]} | {cells[1]} |")
+    classifier, (real, _) = trained_classifier(args.root), digits_data(args.root)
     print("\n| precision | seed | FID (classifier) | confident % | min class % |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for (precision, seed), run in runs.items():
-        q = sample_quality(run, precision, args.num_samples, emulate, args.root)
+        q = sample_quality(run, precision, args.num_samples, emulate, classifier, real)
         print(f"| {precision} | {seed} | {q['fid']:.1f} | {100 * q['confident']:.1f} | {100 * q['min_class_share']:.1f} |",
               flush=True)
 

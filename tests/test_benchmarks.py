@@ -319,6 +319,7 @@ def test_bf16_check_flags_choose_the_kernels(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cpu_bf16, "train_run", lambda p, s, steps, out, emulate, root: emulated.append(emulate) or tmp_path)
     monkeypatch.setattr(cpu_bf16, "logged_losses", lambda run: {10: 0.5})
     monkeypatch.setattr(cpu_bf16, "sample_quality", lambda *a: {"fid": 1.0, "confident": 1.0, "min_class_share": 0.1})
+    monkeypatch.setattr(cpu_bf16, "trained_classifier", lambda root: None)
     for kernels, has_bf16, expected in (("auto", False, True), ("auto", True, False), ("native", False, False),
                                         ("emulated", True, True)):
         monkeypatch.setattr(cpu_bf16, "cpu_has_bf16", lambda v=has_bf16: v)

@@ -392,3 +392,11 @@ def test_fid_cli_with_the_real_inception_network(digits_checkpoint, tmp_path):
     assert record["fid_reference_images"] == 64  # the cached statistics, not the 1797 digits
     assert np.isfinite([record["fid"], record["kid_mean"], record["kid_std"]]).all() and record["fid"] > 0
     assert f"FID {record['fid']:.3f} of 3 samples (ddim, 5 steps) against 64 training images" in done.stdout
+
+
+def test_sampling_on_the_cpu_keeps_freed_host_memory(tiny_run, tmp_path, monkeypatch):
+    devices = []
+    monkeypatch.setattr(inference, "tune_host_allocator", devices.append)
+    sample(tiny_run, tmp_path / "out", "--device", "cpu", "--num-samples", "2", "--steps", "2", "--no-grid",
+           "--video", "none")
+    assert devices == [torch.device("cpu")]

@@ -285,6 +285,13 @@ def test_precision_and_memory_format_options_train(tmp_path, option):
     assert ("scale" in state["scaler"]) == (option == "train.precision=fp16")
 
 
+def test_training_on_the_cpu_keeps_freed_host_memory(tmp_path, monkeypatch):
+    devices = []
+    monkeypatch.setattr(diffusion.trainer, "tune_host_allocator", devices.append)
+    train(tiny(tmp_path, "train.steps=1", "train.device=cpu"))
+    assert devices == [torch.device("cpu")]
+
+
 @pytest.mark.parametrize("flip, channels_last", [(True, True), (False, False)])
 def test_train_options_reach_the_step(tmp_path, monkeypatch, flip, channels_last):
     seen = {"calls": []}
