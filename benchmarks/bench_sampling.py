@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="run at most this many steps per sampler and extrapolate (default: all)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="autocast precision, as inference.py --precision (default auto: bf16 on CUDA and on CPUs with bf16 instructions, else fp32)")
+                        help="autocast precision, as inference.py --precision (default auto: bf16 on CUDA, else fp32)")
     add_allocator_flag(parser)
     args = parser.parse_args(argv)
     if args.num_samples < 1 or (args.max_steps is not None and args.max_steps < 1):

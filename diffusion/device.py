@@ -43,24 +43,15 @@ def resolve_device(name: str, what: str = "device", local_rank: int = 0) -> torc
 
 
 def autocast_dtype(precision: str, device: torch.device, what: str = "precision") -> torch.dtype | None:
-    """The autocast dtype of a precision name (None: no autocast, fp32). ``auto`` is bf16 on CUDA
-    and on CPUs with bf16 instructions (:func:`cpu_has_bf16`), else fp32."""
+    """The autocast dtype of a precision name (None: no autocast, fp32). ``auto`` is bf16 on CUDA,
+    else fp32 (on CPUs bf16 training cost sample quality: README, Results)."""
     if precision not in PRECISIONS:
         raise UserError(f"{what}: expected one of {', '.join(PRECISIONS)}, got '{precision}'")
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
+        precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"{what}: this GPU has no bf16 support; use fp16 or fp32")
     return _AUTOCAST_DTYPES[precision]
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (x86: AVX-512 BF16 or AMX; Arm: the BF16
-    extension). Elsewhere oneDNN falls back to slow kernels: on an AVX2 core a digits training
-    step takes 12x as long in bf16 as in fp32."""
-    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

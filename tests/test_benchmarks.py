@@ -314,6 +314,17 @@ def test_emulated_bf16_kernels_round_like_bf16_autocast():
     assert all(torch.equal(a, b) for a, b in zip(run(True, autocast=False), fp32, strict=True))
 
 
+def test_cpu_bf16_detection_follows_the_instruction_set(monkeypatch):
+    """x86: AVX-512 BF16 or AMX; other architectures: what oneDNN reports."""
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert cpu_bf16.cpu_has_bf16() is expected
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert cpu_bf16.cpu_has_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def test_bf16_check_flags_choose_the_kernels(monkeypatch, tmp_path, capsys):
     emulated = []
     monkeypatch.setattr(cpu_bf16, "train_run", lambda p, s, steps, out, emulate, root: emulated.append(emulate) or tmp_path)
@@ -333,12 +344,14 @@ def test_bf16_check_flags_choose_the_kernels(monkeypatch, tmp_path, capsys):
 @pytest.mark.slow
 def test_bf16_check_trains_both_precisions_and_scores_them(repo_root, tmp_path, capsys):
     data = str(tmp_path / "Data")
-    cpu_bf16.main(["--steps", "3", "--seeds", "0", "--num-samples", "4", "--out", str(tmp_path), "--root", data])
+    cpu_bf16.main(["--steps", "3", "--seeds", "0", "--num-samples", "4", "--out", str(tmp_path), "--root", data,
+                   "--cross-sample"])
     out = capsys.readouterr().out
     (folder,) = tmp_path.glob("cpu-bf16-*")
     assert sorted(p.name for p in folder.iterdir()) == ["bf16-seed0", "fp32-seed0"]
     losses = [line.split(" | ") for line in out.splitlines() if line.startswith("| 3 |")]
     assert len(losses) == 1 and all(0.5 < float(cell.split()[0]) < 1.5 for cell in losses[0][1:])
-    scores = [line for line in out.splitlines() if line.startswith(("| fp32 | 0 |", "| bf16 | 0 |"))]
-    assert len(scores) == 2
+    scores = [[c.strip() for c in line.split("|")[1:4]] for line in out.splitlines()
+              if line.startswith(("| fp32 | 0 |", "| bf16 | 0 |"))]
+    assert scores == [["fp32", "0", "fp32"], ["fp32", "0", "bf16"], ["bf16", "0", "bf16"], ["bf16", "0", "fp32"]]
     assert yaml.safe_load((folder / "bf16-seed0" / "config.yaml").read_text())["train"]["precision"] == "bf16"

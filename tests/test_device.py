@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import subprocess_env
 
-from diffusion import device as device_module
 from diffusion.device import (
     PRECISIONS,
     autocast_dtype,
@@ -62,31 +61,13 @@ def test_unknown_device_names_are_one_line_errors(name):
     assert str(err.value) == f"--device: expected auto, cpu, cuda, cuda:N or mps, got '{name}'"
 
 
-def test_autocast_dtypes_and_their_names(two_gpus, monkeypatch):
-    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: False)
+def test_autocast_dtypes_and_their_names(two_gpus):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("auto", gpu) == torch.bfloat16
     assert [autocast_dtype(p, cpu) for p in ("fp32", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
     assert [precision_name(autocast_dtype(p, cpu)) for p in PRECISIONS] == ["fp32", "fp32", "bf16", "fp16"]
     with pytest.raises(UserError, match=r"^--precision: expected one of auto, fp32, bf16, fp16, got 'fp8'$"):
         autocast_dtype("fp8", cpu, "--precision")
-
-
-def test_auto_is_bf16_on_a_cpu_with_bf16_instructions(monkeypatch):
-    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
-    assert autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16
-    assert autocast_dtype("fp32", torch.device("cpu")) is None
-
-
-def test_cpu_bf16_detection_follows_the_instruction_set(monkeypatch):
-    """x86: AVX-512 BF16 or AMX; other architectures: what oneDNN reports."""
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
-        assert device_module.cpu_has_bf16() is expected
-    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    assert device_module.cpu_has_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 MALLINFO2 = (  # glibc >= 2.33: struct mallinfo2 has ten size_t fields; hblkhd is the 5th
