@@ -1,8 +1,9 @@
 """Speed of the U-Net against diffusers' ``UNet2DModel`` built to the same architecture.
 
 For each preset and each mode (fp32 first, then any ``+``-joined combination of bf16 autocast,
-channels_last, torch.compile and cudagraphs, which is torch.compile's ``reduce-overhead`` mode:
-the compiled calls replayed as CUDA graphs) both networks are timed in one process, alternating
+channels_last, torch.compile, cudagraphs, which is torch.compile's ``reduce-overhead`` mode: the
+compiled calls replayed as CUDA graphs, and inductor_layout: on CUDA, the compiled graph's layout
+left to inductor's heuristic instead of channels-last) both networks are timed in one process, alternating
 ours / diffusers at every repetition so that background load hits both alike; each figure is
 the median of ``--repeats`` timed calls after two warm-up calls. Rows are printed as each mode
 is measured (its time goes to stderr), so a run cut short keeps what it measured.
@@ -77,29 +78,31 @@ ATTENTION_FLOPS = {
 
 @dataclass(frozen=True)
 class Mode:
-    """How both networks run: autocast dtype (None: fp32), memory format, torch.compile, and
-    whether the compiled calls are replayed as CUDA graphs (``diffusion.device.compile_network``)."""
+    """How both networks run: autocast dtype (None: fp32), memory format, torch.compile, whether
+    the compiled calls are replayed as CUDA graphs and whether a compiled graph keeps channels-last
+    activations on CUDA (``diffusion.device.compile_network``; ``inductor_layout`` turns it off)."""
 
     name: str
     dtype: torch.dtype | None = None
     channels_last: bool = False
     compile: bool = False
     cudagraphs: bool = False
+    channels_last_graph: bool = True
 
     @classmethod
     def parse(cls, name: str) -> Mode:
-        """``fp32``, or ``+``-joined options among bf16, channels_last, compile, cudagraphs
-        (``bf16+compile``; cudagraphs implies compile)."""
+        """``fp32``, or ``+``-joined options among bf16, channels_last, compile, cudagraphs,
+        inductor_layout (``bf16+compile``; cudagraphs and inductor_layout imply compile)."""
         options = set(name.split("+")) - {"fp32"}
-        unknown = options - {"bf16", "channels_last", "compile", "cudagraphs"}
+        unknown = options - {"bf16", "channels_last", "compile", "cudagraphs", "inductor_layout"}
         if unknown or not name:
             raise argparse.ArgumentTypeError(
-                f"unknown mode '{name}': use fp32 or +-joined bf16, channels_last, compile, cudagraphs"
+                f"unknown mode '{name}': use fp32 or +-joined bf16, channels_last, compile, cudagraphs, inductor_layout"
             )
-        cudagraphs = "cudagraphs" in options
+        cudagraphs, inductor_layout = "cudagraphs" in options, "inductor_layout" in options
         return cls(
             name, torch.bfloat16 if "bf16" in options else None, "channels_last" in options,
-            "compile" in options or cudagraphs, cudagraphs,
+            "compile" in options or cudagraphs or inductor_layout, cudagraphs, not inductor_layout,
         )
 
     @property
@@ -301,7 +304,7 @@ def make_steps(
     model = copy.deepcopy(module).to(device, memory_format=mode.memory_format)
     x0, noise = (x.contiguous(memory_format=mode.memory_format) for x in (x0, noise))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=True)  # CPU and CUDA since torch 2.4
-    net = compile_network(model, device, mode.cudagraphs) if mode.compile else model
+    net = compile_network(model, device, mode.cudagraphs, mode.channels_last_graph) if mode.compile else model
 
     def autocast() -> torch.autocast:
         return torch.autocast(device.type, dtype=mode.compute_dtype, enabled=mode.dtype is not None)
@@ -439,7 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median; default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--modes", nargs="+", type=Mode.parse, default=[Mode.parse(m) for m in DEFAULT_MODES],
-                        help="rows besides fp32: fp32 or +-joined bf16, channels_last, compile, cudagraphs, e.g. "
+                        help="rows besides fp32: fp32 or +-joined bf16, channels_last, compile, cudagraphs, "
+                        "inductor_layout, e.g. "
                         "channels_last+compile (default: fp32 bf16 channels_last; compiling takes minutes on a CPU)")
     parser.add_argument("--diffusers-modes", nargs="+", type=Mode.parse, default=None, metavar="MODE",
                         help="the modes in which diffusers runs too (default: all; fp32 always)")

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU check, for a CUDA machine held for a few minutes. Stages, in this order by default:
 #
-#   tests:    the CUDA-only tests (tests/test_cuda.py, the GPU sampler test);
+#   tests:    the CUDA-only tests (tests/test_cuda.py, the GPU sampler test; one compiles a small U-Net);
 #   cifar10:  bench_models.py, ddpm_cifar10 at 32x32 batch 128 in eager mode: fp32, bf16 and
 #             bf16+channels_last (ours and diffusers);
-#   compiled: the same in bf16 with torch.compile: default layout, channels_last, and CUDA graphs
-#             (ours; diffusers in fp32 as the reference);
+#   compiled: the same in bf16 with torch.compile, with CUDA graphs, and with CUDA graphs but the
+#             graph's layout left to inductor's heuristic instead of channels-last (ours; diffusers
+#             in fp32 as the reference);
 #   profile:  profile_step.py, where the time of that bf16+compile training step and network call goes,
-#             in the default layout and channels-last;
+#             with the graph channels-last (the default) and with inductor's heuristic;
 #   sampling: bench_sampling.py, 64 images with DDPM-1000, DDIM-50 and DPM++-20 in bf16
 #             (extrapolated from 200 steps);
 #   celeba:   bench_models.py, the CelebA config at 64x64 batch 64: fp32 and bf16 (ours and diffusers),
@@ -105,12 +106,12 @@ export -f end_to_end
 bench=("$py" benchmarks/bench_models.py --device cuda --repeats 20 --markdown)
 for name in "${stages[@]}"; do
     case $name in
-        tests) stage tests 60 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_samplers.py -k "cuda or gpu" ;;
+        tests) stage tests 150 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_samplers.py -k "cuda or gpu" ;;
         cifar10) stage cifar10 120 "${bench[@]}" --preset ddpm_cifar10 --modes bf16 bf16+channels_last ;;
         compiled) stage compiled 320 "${bench[@]}" --preset ddpm_cifar10 \
-            --modes bf16+compile bf16+channels_last+compile bf16+cudagraphs --diffusers-modes fp32 ;;
+            --modes bf16+compile bf16+cudagraphs bf16+cudagraphs+inductor_layout --diffusers-modes fp32 ;;
         profile) stage profile 240 "$py" benchmarks/profile_step.py --preset ddpm_cifar10 \
-            --mode bf16+compile bf16+channels_last+compile --rows 30 ;;
+            --mode bf16+compile bf16+compile+inductor_layout --rows 30 ;;
         sampling) stage sampling 60 "$py" benchmarks/bench_sampling.py --device cuda --precision bf16 --max-steps 200 ;;
         celeba) stage celeba 300 "${bench[@]}" --preset config --modes bf16 bf16+compile bf16+cudagraphs --diffusers-modes bf16 ;;
         e2e) stage e2e 200 bash -c end_to_end ;;

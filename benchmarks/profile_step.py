@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="ddpm_cifar10", help="a preset under Configs/ or a YAML path (default: ddpm_cifar10)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mode", nargs="+", type=Mode.parse, default=None,
-                        help="fp32 or +-joined bf16, channels_last, compile, cudagraphs; several are profiled in turn"
+                        help="fp32 or +-joined bf16, channels_last, compile, cudagraphs, inductor_layout; several are"
+                        " profiled in turn"
                         " (default: bf16+compile on CUDA, fp32 on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="images per call (default: as bench_models.py)")
     parser.add_argument("--calls", type=int, default=5, help="profiled calls of each kind (default 5)")

@@ -30,6 +30,7 @@ from benchmarks import (
 from diffusion.config import from_dict, load_config
 from diffusion.errors import UserError
 from diffusion.samplers import uses_channels_last
+from diffusion.schedule import NoiseSchedule
 from diffusion.trainer import train
 from models import UNet
 
@@ -127,9 +128,22 @@ def test_modes_combine_with_plus():
     assert (fp32.compute_dtype, fp32.memory_format, fp32.compile) == (torch.float32, torch.contiguous_format, False)
     assert (mode.cudagraphs, fp32.cudagraphs) == (False, False)
     graphs = bench_models.Mode.parse("bf16+cudagraphs")
-    assert (graphs.compile, graphs.cudagraphs) == (True, True)
+    assert (graphs.compile, graphs.cudagraphs, graphs.channels_last_graph) == (True, True, True)
+    heuristic = bench_models.Mode.parse("bf16+inductor_layout")
+    assert (heuristic.compile, heuristic.cudagraphs, heuristic.channels_last_graph) == (True, False, False)
     with pytest.raises(argparse.ArgumentTypeError, match="unknown mode 'bf16\\+fast'"):
         bench_models.Mode.parse("bf16+fast")
+
+
+def test_compiled_modes_reach_compile_network(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench_models, "compile_network", lambda net, *args: calls.append(args) or net)
+    model, schedule = torch.nn.Conv2d(1, 1, 1), NoiseSchedule(timesteps=10)
+    x, t = torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)
+    cpu = torch.device("cpu")
+    for name in ("compile", "cudagraphs", "compile+inductor_layout", "fp32"):
+        bench_models.make_steps(model, bench_models.Mode.parse(name), cpu, schedule, x, x, t)
+    assert calls == [(cpu, False, True), (cpu, True, True), (cpu, False, False)]
 
 
 def test_a_yaml_path_uses_its_own_batch(repo_root, tmp_path):

@@ -1,7 +1,8 @@
 """CUDA-only checks (skipped without a GPU; ``benchmarks/gpu.sh`` runs them): mixed-precision
 training steps stay finite, the network and a sampler from the same x_T give the same result on
-the GPU as on the CPU, and fused SDPA attention equals the naive softmax(QK^T / sqrt(d)) V
-reference. TF32 is off (the ``exact_fp32`` fixture): fp32 on the GPU is compared with the CPU."""
+the GPU as on the CPU, fused SDPA attention equals the naive softmax(QK^T / sqrt(d)) V
+reference, and the compiled network (CUDA graphs, channels-last graph) equals the eager one.
+TF32 is off (the ``exact_fp32`` fixture): fp32 on the GPU is compared with the CPU."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from conftest import randomize_
 
 from attention import SpatialSelfAttention
+from diffusion.device import compile_network
 from diffusion.samplers import reverse_process
 from diffusion.schedule import NoiseSchedule
 from models import UNet
@@ -88,3 +90,23 @@ def test_sdpa_attention_equals_the_naive_reference(dtype, tol, heads):
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
         actual = attn(x)
     torch.testing.assert_close(actual.float(), expected, rtol=tol, atol=tol)
+
+
+def test_compiled_network_with_cuda_graphs_and_channels_last_graph_matches_eager():
+    """compile_network's CUDA options (CUDA graphs, channels-last activations inside the graph)
+    change neither the network's output nor its gradients."""
+    model = randomize_(UNet(**TINY), scale=0.05).cuda()
+    net = compile_network(model, torch.device("cuda"))
+    x, t = torch.randn(4, 3, 16, 16, device="cuda"), torch.tensor([0, 10, 500, 999], device="cuda")
+    params = list(model.parameters())
+    for _ in range(3):  # the first calls record the CUDA graphs, the last one replays them
+        compiled_grads = torch.autograd.grad(net(x, t).square().mean(), params)
+    eager_grads = torch.autograd.grad(model(x, t).square().mean(), params)
+    for compiled, eager in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-5)
+    model.eval()
+    with torch.inference_mode():
+        expected = model(x, t)
+        for _ in range(3):
+            out = net(x, t).clone()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)

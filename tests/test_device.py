@@ -119,10 +119,16 @@ def test_bf16_on_a_gpu_without_it_is_a_one_line_error(two_gpus, monkeypatch):
     assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # CPU autocast has bf16
 
 
-def test_compile_network_uses_cuda_graphs_on_cuda_only(monkeypatch):
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode: modes.append(mode) or model)
+def test_compile_network_options_per_device(monkeypatch):
+    for graphs in (True, False):  # inductor knows the options (it checks names and types when wrapping)
+        compile_network(torch.nn.Linear(2, 2), torch.device("cuda"), graphs, not graphs)
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **options: calls.append(options) or model)
     net = torch.nn.Linear(2, 2)
-    for device, cuda_graphs in (("cuda", True), ("cuda", False), ("cpu", True), ("mps", True)):
-        assert compile_network(net, torch.device(device), cuda_graphs) is net
-    assert modes == ["reduce-overhead", None, None, None]
+    for device, cuda_graphs, channels_last in (
+        ("cuda", True, True), ("cuda", False, True), ("cuda", True, False), ("cpu", True, True), ("mps", True, True)
+    ):
+        assert compile_network(net, torch.device(device), cuda_graphs, channels_last) is net
+    cuda = [{"triton.cudagraphs": graphs, "force_layout_optimization": layout}
+            for graphs, layout in ((True, True), (False, True), (True, False))]
+    assert calls == [*({"options": o} for o in cuda), {}, {}]  # CUDA graphs and the layout on CUDA only

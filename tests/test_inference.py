@@ -165,11 +165,11 @@ def test_compile_flag_samples_through_torch_compile(tiny_run, tmp_path, monkeypa
     # (minutes on two CPU cores) is left out.
     compiled = []
     compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, mode: compiled.append((model, mode)) or compile_(model, backend="eager"))
+    monkeypatch.setattr(torch, "compile", lambda model, **options: compiled.append((model, options)) or compile_(model, backend="eager"))
     common = ["--video", "none", "--steps", "8", "--save-images", "--no-grid"]
     plain = sample(tiny_run, tmp_path / "plain", *common)
     fast = sample(tiny_run, tmp_path / "compiled", *common, "--compile")
-    assert len(compiled) == 1 and isinstance(compiled[0][0], UNet) and compiled[0][1] is None  # CUDA graphs on CUDA only
+    assert len(compiled) == 1 and isinstance(compiled[0][0], UNet) and compiled[0][1] == {}  # CUDA options on CUDA only
     assert (plain["compiled"], fast["compiled"]) == (False, True)
     for i in range(6):
         name = f"images/{i:06d}.png"
