@@ -368,12 +368,16 @@ class Trainer:
             bad |= ~torch.isfinite(grad_norm)
         self.first_bad_step = torch.where(bad & (self.first_bad_step == NEVER), self.step, self.first_bad_step)
         self.interval_loss += loss_sum
-        self.interval_grad_norm += grad_norm
+        # A step the fp16 scaler skipped has an infinite norm: average the others, count the skips.
+        applied = torch.isfinite(grad_norm)
+        self.interval_grad_norm += torch.where(applied, grad_norm, 0.0)
+        self.interval_applied += applied
         self.interval_steps += 1
 
     def _reset_interval(self) -> None:
         self.interval_loss = torch.zeros((), device=self.device)
         self.interval_grad_norm = torch.zeros((), device=self.device)
+        self.interval_applied = torch.zeros((), device=self.device)
         self.interval_steps = 0
         self.interval_start = time.perf_counter()
 
@@ -394,11 +398,13 @@ class Trainer:
 
     def _log(self) -> None:
         self._check_finite()
-        stats = torch.stack([self.interval_loss, self.interval_grad_norm]) / self.interval_steps
+        stats = torch.stack([self.interval_loss, self.interval_grad_norm, self.interval_applied])
         if self.env.enabled:
             torch.distributed.all_reduce(stats)
-            stats /= self.env.world_size
-        loss, grad_norm = stats.tolist()
+        loss_sum, grad_norm_sum, applied = stats.tolist()
+        loss = loss_sum / (self.interval_steps * self.env.world_size)
+        grad_norm = grad_norm_sum / applied if applied else math.nan
+        skipped = self.interval_steps - applied / self.env.world_size  # every process skips the same steps
         t = self.cfg.train
         images = self.interval_steps * t.batch_size * t.grad_accum * self.env.world_size
         images_per_s = images / (time.perf_counter() - self.interval_start)
@@ -407,6 +413,8 @@ class Trainer:
         if self.env.is_main:
             scalars = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_s": images_per_s,
                        "ema_decay": self.ema.current_decay}
+            if self.scaler.is_enabled():
+                scalars["skipped_steps"] = skipped
             for name, value in scalars.items():
                 self.writer.add_scalar(f"train/{name}", value, self.step)
             self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}", lr=f"{lr:.2e}", refresh=False)

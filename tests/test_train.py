@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import subprocess
@@ -283,6 +284,22 @@ def test_precision_and_memory_format_options_train(tmp_path, option):
     state = load_checkpoint(run)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert ("scale" in state["scaler"]) == (option == "train.precision=fp16")
+
+
+def test_fp16_steps_skipped_for_an_overflow_are_counted_not_averaged(tmp_path, monkeypatch):
+    # A scale of 2^40 overflows fp16 at once; the skip divides it by 2^30 so later steps apply.
+    scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda *args, **kwargs: scaler(*args, init_scale=2.0**40, backoff_factor=2.0**-30, **kwargs))
+    run = train(tiny(tmp_path, "train.steps=4", "train.precision=fp16", "log.log_every=2"))
+    assert scalars(run, "train/skipped_steps") == [(2, 1.0), (4, 0.0)]
+    norms = [value for _, value in scalars(run, "train/grad_norm")]  # the first: step 2's alone
+    assert len(norms) == 2 and all(0 < n < math.inf for n in norms)
+    assert load_checkpoint(run)["scaler"]["scale"] == 2.0**10
+    bf16 = train(tiny(tmp_path, "train.steps=1", "train.precision=bf16", run="bf16"))
+    events = EventAccumulator(str(bf16 / "tensorboard"))
+    events.Reload()
+    assert "train/grad_norm" in events.Tags()["scalars"] and "train/skipped_steps" not in events.Tags()["scalars"]
 
 
 def test_training_on_the_cpu_keeps_freed_host_memory(tmp_path, monkeypatch):
