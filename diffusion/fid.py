@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from diffusion.checkpoint import save_checkpoint
 from diffusion.config import Config, DataConfig
 from diffusion.data import prepare_dataset
+from diffusion.distributed import Distributed
 from diffusion.errors import UserError
 from diffusion.media import to_uint8
 from diffusion.samplers import generate_from
@@ -280,8 +281,8 @@ def fid_of_samples(
     kid: bool = True,
     progress: bool = True,
 ) -> FidResult:
-    """FID (and KID) of generated samples (N, C, H, W) in [-1, 1] against the training data of
-    ``data``; its reference statistics are cached under ``<data.root>/cache/``."""
+    """FID (and KID) of generated samples (N, C, H, W), in [-1, 1] or uint8, against the training
+    data of ``data``; its reference statistics are cached under ``<data.root>/cache/``."""
     extractor = extractor if extractor is not None else inception_extractor(device)
     dataset = prepare_dataset(data)
     cache_path = reference_cache_path(dataset, extractor)
@@ -300,11 +301,25 @@ def fid_of_model(
     autocast_dtype: torch.dtype | None = None,
     extractor: nn.Module | None = None,
     progress: bool = False,
-) -> float:
+    env: Distributed | None = None,
+) -> float | None:
     """FID of ``num_samples`` samples of ``model`` (the trainer's periodic ``log.fid_every``),
     drawn with the fast training-time sampler (``log.sample_sampler``, ``log.sample_steps``) from
-    the fixed seed ``sample.seed``, so that successive FIDs see the same noise. No KID."""
-    samples = generate_from(
-        model, schedule, cfg.preview_sampling(num_samples), device=device, autocast_dtype=autocast_dtype, progress=progress,
-    )
-    return fid_of_samples(samples, cfg.data, device, extractor=extractor, kid=False, progress=progress).fid
+    the fixed seed ``sample.seed``, so that successive FIDs see the same noise. No KID.
+
+    Under torchrun (``env``) every process draws its share of the samples and rank zero, which
+    gathers them, computes the FID; the others return None. Sample i comes from noise stream i
+    however the samples are shared, so the FID does not depend on the number of processes.
+    """
+    env = env or Distributed()
+    share = range(num_samples * env.rank // env.world_size, num_samples * (env.rank + 1) // env.world_size)
+    samples = torch.empty(0, dtype=torch.uint8)  # a process left without a share
+    if share:
+        samples = generate_from(
+            model, schedule, cfg.preview_sampling(len(share)), first=share.start, device=device,
+            autocast_dtype=autocast_dtype, progress=progress,
+        )
+    shares = env.gather(to_uint8(samples))  # uint8: a quarter of the bytes
+    if not env.is_main:
+        return None
+    return fid_of_samples(torch.cat(shares), cfg.data, device, extractor=extractor, kid=False, progress=progress).fid

@@ -308,6 +308,7 @@ def generate(
     steps: int = 20,
     eta: float = 0.0,
     seed: int = 0,
+    first: int = 0,
     batch_size: int = 64,
     clip_denoised: bool = True,
     ddpm_variance: Literal["beta", "beta_tilde"] = "beta",
@@ -319,12 +320,13 @@ def generate(
     """Generate ``num_samples`` images (N, C, H, W) on the CPU, in [-1, 1] when ``clip_denoised``.
 
     The shape comes from the network's ``in_channels`` and ``image_size``; ``device`` defaults to
-    the model's. Sample i is generated from stream (seed, i) whatever ``batch_size`` is.
+    the model's. Sample i is generated from stream (seed, first + i) whatever ``batch_size`` is, so
+    a process can draw its share of a larger set (``first``: the index of its first sample).
     ``on_step(sample_indices, step)`` is called after every reverse step of every batch (for
     animations). The model is put in eval mode while sampling and restored afterwards.
     """
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples}, {batch_size}")
+    if num_samples < 1 or batch_size < 1 or first < 0:
+        raise ValueError(f"num_samples and batch_size must be positive and first >= 0, got {num_samples}, {batch_size}, {first}")
     net = unwrap(model)
     shape = (net.in_channels, net.image_size, net.image_size)
     device = torch.device(device) if device is not None else model_device(model)
@@ -337,7 +339,7 @@ def generate(
     try:
         for start in range(0, num_samples, batch_size):
             batch = range(start, min(start + batch_size, num_samples))
-            noise = NoiseStreams(seed, batch, shape, device)
+            noise = NoiseStreams(seed, range(first + batch.start, first + batch.stop), shape, device)
             for step in reverse_process(
                 model, schedule, noise, sampler=sampler, steps=steps, eta=eta,
                 clip_denoised=clip_denoised, ddpm_variance=ddpm_variance, autocast_dtype=autocast_dtype,

@@ -436,15 +436,16 @@ class Trainer:
         self.writer.add_image("samples/ema", grid, self.step, dataformats="HWC")
 
     def _fid(self) -> None:
-        """Rank zero: FID of the EMA model (``log.fid_samples`` samples) to TensorBoard."""
-        if not self.env.is_main:
-            return
+        """FID of the EMA model (``log.fid_samples`` samples) to TensorBoard: every process
+        samples its share, rank zero scores them all."""
         from diffusion.fid import fid_of_model
 
         value = fid_of_model(
             self.ema.module, self.schedule, self.cfg, self.cfg.log.fid_samples, self.device,
-            autocast_dtype=self.amp_dtype, extractor=self.fid_extractor,
+            autocast_dtype=self.amp_dtype, extractor=self.fid_extractor, env=self.env,
         )
+        if value is None:
+            return
         self.writer.add_scalar("eval/fid", value, self.step)
         self.bar.write(f"step {self.step}: FID {value:.2f} ({self.cfg.log.fid_samples} EMA samples)")
 

@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, RandomConvFeatures, subprocess_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from diffusion.checkpoint import load_checkpoint
 from diffusion.config import load_config
+from diffusion.fid import fid_of_model
+from diffusion.schedule import NoiseSchedule
 from diffusion.trainer import build_model
 
-# Each process trains through the same Trainer as train.py, then dumps the weights it ends with
-# and its own mean loss at each log.
+# Each process trains through the same Trainer as train.py (a small random network stands in for
+# Inception), then dumps the weights it ends with, its own mean loss at each log and the number
+# of FID samples it drew.
 DRIVER = """
 import json, os, sys, torch
+import diffusion.fid
+from conftest import RandomConvFeatures
 from diffusion.config import load_config
 from diffusion.trainer import Trainer
+
+diffusion.fid.inception_extractor = lambda device: RandomConvFeatures()
+fid_samples, generate_from = [], diffusion.fid.generate_from
+def counted(model, schedule, options, **kwargs):
+    fid_samples.append(options.num_samples)
+    return generate_from(model, schedule, options, **kwargs)
+diffusion.fid.generate_from = counted
 
 losses, log = {}, Trainer._log
 def local_log(self):
@@ -32,8 +45,8 @@ trainer = Trainer(load_config(sys.argv[1], sys.argv[3:]))
 trainer.run()
 rank = os.environ["RANK"]
 torch.save(trainer.model.state_dict(), os.path.join(sys.argv[2], f"rank{rank}.pt"))
-with open(os.path.join(sys.argv[2], f"losses{rank}.json"), "w") as f:
-    json.dump(losses, f)
+with open(os.path.join(sys.argv[2], f"logs{rank}.json"), "w") as f:
+    json.dump({"losses": losses, "fid_samples": fid_samples}, f)
 """
 
 
@@ -46,12 +59,15 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
         "model.base_channels=8", "model.channel_mult=[1,2]", "model.norm_groups=4", "model.num_res_blocks=1",
         "model.attention_resolutions=[]", "data.image_size=8", "model.image_size=8", "model.dropout=0.1",
         "train.batch_size=4", "train.steps=3", "train.warmup_steps=0", "train.device=cpu", "log.sample_every=0",
-        "log.log_every=2", f"log.root={tmp_path}", "log.run_name=ddp", f"data.root={tmp_path / 'Data'}",
+        "log.log_every=2", "log.fid_every=3", "log.fid_samples=5", "log.sample_sampler=ddim", "log.sample_steps=2",
+        f"log.root={tmp_path}", "log.run_name=ddp", f"data.root={tmp_path / 'Data'}",
     ]
+    env = subprocess_env()  # the driver imports the tests' stand-in for Inception
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(driver), config, str(tmp_path), *overrides],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{ROOT / 'tests'}"},
+        capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -72,9 +88,17 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["last.pt", "step_0000003.pt"]
 
     # The logged loss is the mean over both processes, which saw different batches.
-    local = [json.loads((tmp_path / f"losses{rank}.json").read_text()) for rank in (0, 1)]
+    logs = [json.loads((tmp_path / f"logs{rank}.json").read_text()) for rank in (0, 1)]
+    local = [log["losses"] for log in logs]
     assert local[0].keys() == local[1].keys() == {"2", "3"} and local[0] != local[1]
     events = EventAccumulator(str(tmp_path / "ddp" / "tensorboard"))
     events.Reload()
     logged = {e.step: e.value for e in events.Scalars("train/loss")}
     assert logged == pytest.approx({int(step): (local[0][step] + local[1][step]) / 2 for step in local[0]})
+
+    # The processes drew 2 and 3 of the 5 FID samples; rank zero's FID is that of one process.
+    assert [log["fid_samples"] for log in logs] == [[2], [3]]
+    ema = build_model(cfg)
+    ema.load_state_dict(state["ema"])
+    alone = fid_of_model(ema, NoiseSchedule.from_config(cfg.diffusion), cfg, 5, "cpu", extractor=RandomConvFeatures())
+    assert [(e.step, e.value) for e in events.Scalars("eval/fid")] == [(3, pytest.approx(alone, rel=1e-6))]

@@ -269,6 +269,8 @@ def test_generate_is_reproducible_and_independent_of_batch_size(sampler, steps, 
     torch.testing.assert_close(batched, one_batch, atol=1e-5, rtol=0)
     first_two = generate(model, schedule, 2, sampler=sampler, steps=steps, eta=eta, seed=3, batch_size=1)
     torch.testing.assert_close(first_two, one_batch[:2], atol=1e-5, rtol=0)
+    last_three = generate(model, schedule, 3, sampler=sampler, steps=steps, eta=eta, seed=3, first=2, batch_size=2)
+    torch.testing.assert_close(last_three, one_batch[2:], atol=1e-5, rtol=0)  # a process's share of the five
     other_seed = generate(model, schedule, 5, sampler=sampler, steps=steps, eta=eta, seed=4, batch_size=5)
     assert (other_seed - one_batch).abs().amax(dim=(1, 2, 3)).min() > 0.01
 
