@@ -52,6 +52,14 @@ class Distributed:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather_on_main(self, obj: Any) -> list[Any] | None:
+        """Every process's ``obj``, in rank order, on rank zero; None on the others."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     def broadcast(self, obj: Any) -> Any:
         """Rank zero's ``obj`` on every process."""
         if not self.enabled:

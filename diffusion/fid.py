@@ -307,9 +307,10 @@ def fid_of_model(
     drawn with the fast training-time sampler (``log.sample_sampler``, ``log.sample_steps``) from
     the fixed seed ``sample.seed``, so that successive FIDs see the same noise. No KID.
 
-    Under torchrun (``env``) every process draws its share of the samples and rank zero, which
-    gathers them, computes the FID; the others return None. Sample i comes from noise stream i
-    however the samples are shared, so the FID does not depend on the number of processes.
+    Under torchrun (``env``) every process draws its share of the samples and sends it to rank
+    zero, which computes the FID; the others return None. Sample i comes from noise stream i
+    however the samples are shared, so the FID does not depend on the number of processes (up
+    to floating-point rounding: each process runs its own batch shapes).
     """
     env = env or Distributed()
     share = range(num_samples * env.rank // env.world_size, num_samples * (env.rank + 1) // env.world_size)
@@ -319,7 +320,7 @@ def fid_of_model(
             model, schedule, cfg.preview_sampling(len(share)), first=share.start, device=device,
             autocast_dtype=autocast_dtype, progress=progress,
         )
-    shares = env.gather(to_uint8(samples))  # uint8: a quarter of the bytes
-    if not env.is_main:
+    shares = env.gather_on_main(to_uint8(samples))  # uint8: a quarter of the bytes
+    if shares is None:
         return None
     return fid_of_samples(torch.cat(shares), cfg.data, device, extractor=extractor, kid=False, progress=progress).fid

@@ -368,7 +368,7 @@ class Trainer:
             bad |= ~torch.isfinite(grad_norm)
         self.first_bad_step = torch.where(bad & (self.first_bad_step == NEVER), self.step, self.first_bad_step)
         self.interval_loss += loss_sum
-        # A step the fp16 scaler skipped has an infinite norm: average the others, count the skips.
+        # A step the fp16 scaler skipped has a non-finite norm: average the others, count the skips.
         applied = torch.isfinite(grad_norm)
         self.interval_grad_norm += torch.where(applied, grad_norm, 0.0)
         self.interval_applied += applied

@@ -291,10 +291,19 @@ def test_fp16_steps_skipped_for_an_overflow_are_counted_not_averaged(tmp_path, m
     scaler = torch.amp.GradScaler
     monkeypatch.setattr(torch.amp, "GradScaler",
                         lambda *args, **kwargs: scaler(*args, init_scale=2.0**40, backoff_factor=2.0**-30, **kwargs))
+    norms, clip = [], torch.nn.utils.clip_grad_norm_
+
+    def recorded_clip(*args: object) -> torch.Tensor:
+        norm = clip(*args)
+        norms.append(float(norm))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recorded_clip)
     run = train(tiny(tmp_path, "train.steps=4", "train.precision=fp16", "log.log_every=2"))
     assert scalars(run, "train/skipped_steps") == [(2, 1.0), (4, 0.0)]
-    norms = [value for _, value in scalars(run, "train/grad_norm")]  # the first: step 2's alone
-    assert len(norms) == 2 and all(0 < n < math.inf for n in norms)
+    assert not math.isfinite(norms[0]) and all(0 < n < math.inf for n in norms[1:])
+    logged = [value for _, value in scalars(run, "train/grad_norm")]
+    assert logged == pytest.approx([norms[1], (norms[2] + norms[3]) / 2])  # the first: step 2's alone
     assert load_checkpoint(run)["scaler"]["scale"] == 2.0**10
     bf16 = train(tiny(tmp_path, "train.steps=1", "train.precision=bf16", run="bf16"))
     events = EventAccumulator(str(bf16 / "tensorboard"))
