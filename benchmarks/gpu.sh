@@ -123,7 +123,7 @@ for name in "${stages[@]}"; do
     echo "== $name"
     case $name in
         tests) tail -n 3 "$outdir/tests.log" ;;
-        profile) grep -E "^(ddpm_cifar10|train|sample)[,:]" "$outdir/profile.log" ;;
+        profile) grep -E "^(ddpm_cifar10|train|sample)( by kind)?[,:]" "$outdir/profile.log" ;;
         e2e) grep -E "^(trained steps|checkpoint|sampled|wrote|error)" "$outdir/e2e.log" || tail -n 5 "$outdir/e2e.log" ;;
         *) grep -E '^(\||[A-Za-z].*(GFLOP/s|parameters|images))' "$outdir/$name.log" ;;
     esac

@@ -2,9 +2,13 @@
 operator table, sorted by the time each operator's own kernels take on the device.
 
 The step is the one ``bench_models.py`` times (forward, L_simple loss, backward, fused AdamW),
-on our U-Net in each of the modes given, one after the other. Besides the tables it prints the wall time per call and the
-share of it the device spent in kernels: a low share means the step waits on the host
-(kernel launches, Python), a high one that the kernels themselves are slow.
+on our U-Net in each of the modes given, one after the other. Besides the tables it prints the
+wall time per call, the share of it the device spent in kernels (a low share means the step
+waits on the host: kernel launches, Python; a high one that the kernels themselves are slow) and
+that kernel time by kind: convolutions, layout conversions, fused Triton kernels, attention,
+matrix products, the optimizer, the rest. Each kernel counts once: not again for the operator that
+launched it, nor for the profiler's annotation ranges around compiled graphs and optimizer steps.
+On a CPU the kinds sort the operators' own times.
 
     python benchmarks/profile_step.py [--preset ddpm_cifar10] [--device cuda] [--mode bf16+compile ...]
                                       [--batch 128] [--calls 5] [--rows 25] [--trace trace.json]
@@ -15,10 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,13 +42,45 @@ from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.schedule import NoiseSchedule  # noqa: E402
 from models import UNet  # noqa: E402
 
+# Kinds of kernels (CUDA) or operators (CPU), by a substring of the lower-case name; the first
+# match wins (Triton kernels' names list the operators they fuse, convolution among them).
+KINDS = (
+    ("layout conversion", ("nchwtonhwc", "nhwctonchw")),
+    ("fused (Triton)", ("triton",)),
+    ("attention", ("attention", "flash", "fmha", "sdpa")),
+    ("optimizer", ("adam", "multi_tensor_apply")),
+    ("convolution", ("conv", "dgrad", "wgrad", "fprop", "xmma")),
+    ("matrix product", ("gemm", "nvjet", "cublas", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("normalisation", ("group_norm",)),
+)
+
+
+def kind_of(name: str) -> str:
+    """The kind of a kernel or operator name (``other`` when none matches)."""
+    lower = name.lower()
+    return next((kind for kind, keys in KINDS if any(key in lower for key in keys)), "other")
+
+
+def time_by_kind(events: Iterable[Any], device: torch.device) -> dict[str, float]:
+    """Seconds per kind, largest first, over profiler events (``key_averages()``): on CUDA the
+    device's own events (kernels, copies), each counted once (an operator's self device time
+    repeats its kernels'); on a CPU the operators' self time. Annotation ranges are left out."""
+    totals: dict[str, float] = {}
+    for event in events:
+        on_device = event.device_type != DeviceType.CPU
+        if event.is_user_annotation or on_device != (device.type == "cuda"):
+            continue
+        seconds = (event.self_device_time_total if on_device else event.self_cpu_time_total) / 1e6
+        totals[kind_of(event.key)] = totals.get(kind_of(event.key), 0.0) + seconds
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
 
 def profile_calls(
     fn: Callable[[], None], calls: int, device: torch.device, trace: Path | None
-) -> tuple[str, float, float | None]:
+) -> tuple[str, float, dict[str, float]]:
     """Profile ``calls`` calls of ``fn`` after three warm-up calls. Returns the operator table
-    (sorted by self device time; CPU: self CPU time), the wall seconds per call, and on CUDA the
-    share of the wall time spent in device kernels."""
+    (sorted by self device time; CPU: self CPU time), the wall seconds per call, and the
+    seconds per call by kind of kernel (:func:`time_by_kind`)."""
     for _ in range(3):
         fn()
     synchronize(device)
@@ -57,8 +95,8 @@ def profile_calls(
         prof.export_chrome_trace(str(trace))
     averages = prof.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    busy = sum(e.self_device_time_total for e in averages) / 1e6 / calls if device.type == "cuda" else None
-    return averages.table(sort_by=key, row_limit=-1), wall, None if busy is None else busy / wall
+    kinds = {kind: seconds / calls for kind, seconds in time_by_kind(averages, device).items()}
+    return averages.table(sort_by=key, row_limit=-1), wall, kinds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,11 +132,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{chr(10) * 2 if i else ''}{name}, {size}x{size}, batch {batch}, {mode.name}, {device} ({where})")
         for label, fn in (("train", train_step), ("sample", sample_call)):
             trace = args.trace.with_name(f"{args.trace.stem}-{mode.name}-{label}{args.trace.suffix}") if args.trace else None
-            table, wall, busy = profile_calls(fn, args.calls, device, trace)
+            table, wall, kinds = profile_calls(fn, args.calls, device, trace)
             lines = table.splitlines()
-            share = "" if busy is None else f", {100 * busy:.0f}% of it in device kernels"
+            total = sum(kinds.values())
+            share = f", {100 * total / wall:.0f}% of it in device kernels" if device.type == "cuda" else ""
             print(f"\n{label}: {1e3 * wall:.2f} ms per call{share}")
             print("\n".join(lines[: 3 + args.rows] + lines[-2:]))
+            print(f"{label} by kind:", ", ".join(f"{kind} {1e3 * sec:.2f} ms ({100 * sec / total:.0f}%)"
+                                                  for kind, sec in kinds.items()))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ import importlib.util
 import platform
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from conftest import subprocess_env
+from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
 from attention import SpatialSelfAttention
@@ -176,8 +178,41 @@ def test_profiler_lists_the_operators_of_a_step_and_a_call(tmp_path, capsys):
             assert section.split()[1:4] == ["ms", "per", "call"] and op in section
             assert len([line for line in section.splitlines() if line.lstrip().startswith("aten::")]) <= 4
             assert (tmp_path / f"trace-{mode}-{label}.json").stat().st_size > 0
+            kinds = out.split(f"batch 3, {mode}, ")[1].split(f"\n{label} by kind: ")[1].split("\n")[0]
+            parts = [part.rsplit(" ", 3) for part in kinds.split(", ")]  # kind, ms, "ms", (share)
+            assert {"convolution", "normalisation"} <= {kind for kind, *_ in parts}
+            ms = [float(value) for _, value, *_ in parts]
+            assert ms == sorted(ms, reverse=True) and all(value > 0 for value in ms)
     with pytest.raises(UserError, match="--calls"):
         profile_step.main(["--calls", "0"])
+
+
+def test_profile_counts_each_kernel_once_by_kind():
+    def event(key, device, us, annotation=False):
+        on_cpu = device == DeviceType.CPU
+        return SimpleNamespace(key=key, device_type=device, is_user_annotation=annotation,
+                               self_cpu_time_total=us if on_cpu else 0, self_device_time_total=0 if on_cpu else us)
+
+    cuda, cpu = DeviceType.CUDA, DeviceType.CPU
+    events = [
+        event("## Call CompiledFxGraph abc ##", cuda, 900.0, annotation=True),  # spans the kernels below
+        event("aten::_fused_adamw_", cpu, 50.0),  # its own kernel's time again, as self device time
+        event("void multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata>", cuda, 100.0),
+        event("sm90_xmma_dgrad_implicit_gemm_bf16bf16_nhwc", cuda, 400.0),
+        event("void cudnn::engines_precompiled::nchwToNhwcKernel<bf16>", cuda, 200.0),
+        event("triton_poi_fused_add_convolution_native_group_norm_silu_3", cuda, 300.0),
+        event("cudnn_generated_fort_native_sdpa_sm90_flash_bprop", cuda, 50.0),
+        event("Memset (Device)", cuda, 10.0),
+    ]
+    assert profile_step.time_by_kind(events, torch.device("cuda")) == pytest.approx({
+        "convolution": 4e-4, "fused (Triton)": 3e-4, "layout conversion": 2e-4, "optimizer": 1e-4,
+        "attention": 5e-5, "other": 1e-5,
+    })
+    assert list(profile_step.time_by_kind(events, torch.device("cuda"))) == [
+        "convolution", "fused (Triton)", "layout conversion", "optimizer", "attention", "other"]  # largest first
+    assert profile_step.time_by_kind(events, torch.device("cpu")) == pytest.approx({"optimizer": 5e-5})
+    assert [profile_step.kind_of(n) for n in ("aten::native_group_norm", "aten::mm", "aten::silu")] == [
+        "normalisation", "matrix product", "other"]
 
 
 def test_gpu_script_checks_its_stages_and_the_gpu(repo_root, tmp_path):
