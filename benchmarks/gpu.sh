@@ -4,9 +4,9 @@
 #   tests:    the CUDA-only tests (tests/test_cuda.py, the GPU sampler test; one compiles a small U-Net);
 #   cifar10:  bench_models.py, ddpm_cifar10 at 32x32 batch 128 in eager mode: fp32, bf16 and
 #             bf16+channels_last (ours and diffusers);
-#   compiled: the same in bf16 with torch.compile, with CUDA graphs, and with CUDA graphs but the
-#             graph's layout left to inductor's heuristic instead of channels-last (ours; diffusers
-#             in fp32 as the reference);
+#   compiled: the same in bf16 with torch.compile and CUDA graphs (the default), with the graph's
+#             layout left to inductor's heuristic instead of channels-last, and without CUDA
+#             graphs (ours; diffusers in fp32 as the reference; about two minutes per row);
 #   profile:  profile_step.py, where the time of that bf16+compile training step and network call goes,
 #             with the graph channels-last (the default) and with inductor's heuristic;
 #   sampling: bench_sampling.py, 64 images with DDPM-1000, DDIM-50 and DPM++-20 in bf16
@@ -108,8 +108,8 @@ for name in "${stages[@]}"; do
     case $name in
         tests) stage tests 150 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_samplers.py -k "cuda or gpu" ;;
         cifar10) stage cifar10 120 "${bench[@]}" --preset ddpm_cifar10 --modes bf16 bf16+channels_last ;;
-        compiled) stage compiled 320 "${bench[@]}" --preset ddpm_cifar10 \
-            --modes bf16+compile bf16+cudagraphs bf16+cudagraphs+inductor_layout --diffusers-modes fp32 ;;
+        compiled) stage compiled 400 "${bench[@]}" --preset ddpm_cifar10 \
+            --modes bf16+cudagraphs bf16+cudagraphs+inductor_layout bf16+compile --diffusers-modes fp32 ;;
         profile) stage profile 240 "$py" benchmarks/profile_step.py --preset ddpm_cifar10 \
             --mode bf16+compile bf16+compile+inductor_layout --rows 30 ;;
         sampling) stage sampling 60 "$py" benchmarks/bench_sampling.py --device cuda --precision bf16 --max-steps 200 ;;
