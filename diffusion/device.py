@@ -68,9 +68,9 @@ def compile_network(
 
     Inductor stores a graph's activations channels-last only where its heuristic expects a gain,
     and for training it expects none for a U-Net: some of its decoder's 3x3 convolutions have at
-    least twice as many input as output channels. cuDNN's bf16 convolutions run channels-last all the same, so in NCHW
-    every convolution converted its tensors there and back: 23% of the GPU time of a CIFAR-10
-    training step. Forcing the layout removed them: 1.18x training for the CIFAR-10 model,
+    least twice as many input as output channels. cuDNN's bf16 convolutions run channels-last all
+    the same, so in NCHW every convolution converted its tensors there and back: 23% of the GPU
+    time of a CIFAR-10 training step. Forcing the layout removed them: 1.18x training for the CIFAR-10 model,
     1.21x for the CelebA model on an H200 (README, Results). The model's own parameters and
     inputs stay NCHW, so checkpoints do not change.
     """
