@@ -70,8 +70,8 @@ def time_by_kind(events: Iterable[Any], device: torch.device) -> dict[str, float
         on_device = event.device_type != DeviceType.CPU
         if event.is_user_annotation or on_device != (device.type == "cuda"):
             continue
-        seconds = (event.self_device_time_total if on_device else event.self_cpu_time_total) / 1e6
-        totals[kind_of(event.key)] = totals.get(kind_of(event.key), 0.0) + seconds
+        kind = kind_of(event.key)
+        totals[kind] = totals.get(kind, 0.0) + (event.self_device_time_total if on_device else event.self_cpu_time_total) / 1e6
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
@@ -104,9 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="ddpm_cifar10", help="a preset under Configs/ or a YAML path (default: ddpm_cifar10)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mode", nargs="+", type=Mode.parse, default=None,
-                        help="fp32 or +-joined bf16, channels_last, compile, cudagraphs, inductor_layout; several are"
-                        " profiled in turn"
-                        " (default: bf16+compile on CUDA, fp32 on CPU)")
+                        help="fp32 or +-joined bf16, channels_last, compile, cudagraphs, inductor_layout; several"
+                        " are profiled in turn (default: bf16+compile on CUDA, fp32 on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="images per call (default: as bench_models.py)")
     parser.add_argument("--calls", type=int, default=5, help="profiled calls of each kind (default 5)")
     parser.add_argument("--rows", type=int, default=25, help="operators listed per table (default 25)")

@@ -168,8 +168,8 @@ def write_samples(
     """Sample from ``loaded`` and write into ``out_dir``: ``grid.png``, ``images/000000.png`` ...
     (with ``save_images``), ``denoise.mp4`` / ``.gif`` (``video``; ``options.frames`` frames at
     ``options.fps``, the final image held a second) and ``samples.json``. With ``compile`` the
-    network is run through ``torch.compile`` (its compilation counts in the sampling time), on
-    CUDA replayed as CUDA graphs (mode "reduce-overhead").
+    network is compiled by :func:`~diffusion.device.compile_network` (its compilation counts in
+    the sampling time; on CUDA replayed as CUDA graphs, activations channels-last).
     Returns the samples (N, C, H, W) in [-1, 1] and that record."""
     check_options(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
