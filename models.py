@@ -81,6 +81,26 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour upsampling by 2: each pixel of x (B, C, H, W) becomes a 2x2 block.
+
+    ``F.interpolate``, except in a CUDA graph compiled by torch.compile: there inductor lowers
+    interpolate's backward to a scatter-add (0.35 ms of a 22 ms CIFAR-10 training step on an
+    H200), while the broadcast view gives the same values and a backward that is a fused sum per
+    2x2 block (1.04x the step). Eager kernels, and inductor's CPU code (whose broadcast copy is
+    10x slower than its interpolate), keep ``F.interpolate``.
+    """
+    if x.is_cuda and torch.compiler.is_compiling():
+        return broadcast_nearest_2x(x)
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def broadcast_nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """``upsample_nearest_2x`` as a broadcast view of x, copied once by the reshape."""
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+
 class Upsample(nn.Module):
     """Double the resolution: nearest-neighbour upsampling, then a 3x3 convolution."""
 
@@ -89,7 +109,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(upsample_nearest_2x(x))
 
 
 class UNet(nn.Module):

@@ -1,7 +1,8 @@
 """CUDA-only checks (skipped without a GPU; ``benchmarks/gpu.sh`` runs them): mixed-precision
 training steps stay finite, the network and a sampler from the same x_T give the same result on
 the GPU as on the CPU, fused SDPA attention equals the naive softmax(QK^T / sqrt(d)) V
-reference, and the compiled network (CUDA graphs, channels-last graph) equals the eager one.
+reference, and the compiled network (CUDA graphs, channels-last graph, the broadcast upsampling)
+equals the eager one.
 TF32 is off (the ``exact_fp32`` fixture): fp32 on the GPU is compared with the CPU."""
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import randomize_
 
 from attention import SpatialSelfAttention
 from diffusion.config import load_config
-from models import UNet, sinusoidal_embedding
+from models import UNet, broadcast_nearest_2x, sinusoidal_embedding, upsample_nearest_2x
 
 TINY = dict(image_size=8, in_channels=3, base_channels=16, channel_mult=[1, 2], num_res_blocks=1,
             attention_resolutions=[4], norm_groups=4, dropout=0.0)
@@ -128,3 +129,16 @@ def test_attention_equals_naive_softmax_reference(heads, head_dim):
     out = torch.cat(outs, dim=-1) @ attn.proj.weight.reshape(c, c).T + attn.proj.bias
     expected = x + out.transpose(1, 2).reshape(2, c, h, w)
     torch.testing.assert_close(attn(x), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_broadcast_upsampling_is_nearest_neighbour_with_the_same_gradient():
+    """The form compiled CUDA graphs use (its backward a sum per 2x2 block) equals F.interpolate
+    in values and gradients; eager mode on a CPU uses interpolate itself."""
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    weights = torch.randn(2, 3, 8, 10)
+    eager = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    broadcast = broadcast_nearest_2x(x)
+    assert torch.equal(broadcast, eager) and torch.equal(upsample_nearest_2x(x), eager)
+    (grad,) = torch.autograd.grad((broadcast * weights).sum(), x)
+    (eager_grad,) = torch.autograd.grad((eager * weights).sum(), x)
+    torch.testing.assert_close(grad, eager_grad)
