@@ -6,9 +6,10 @@ on our U-Net in each of the modes given, one after the other. Besides the tables
 wall time per call, the share of it the device spent in kernels (a low share means the step
 waits on the host: kernel launches, Python; a high one that the kernels themselves are slow) and
 that kernel time by kind: convolutions, layout conversions, fused Triton kernels, attention,
-matrix products, the optimizer, the rest. Each kernel counts once: not again for the operator that
-launched it, nor for the profiler's annotation ranges around compiled graphs and optimizer steps.
-On a CPU the kinds sort the operators' own times.
+matrix products, the optimizer, the rest, with the kernel launches of each kind (many short
+kernels point at launch latency and tails). Each kernel counts once: not again for the operator
+that launched it, nor for the profiler's annotation ranges around compiled graphs and optimizer
+steps. On a CPU the kinds sort the operators' own times.
 
     python benchmarks/profile_step.py [--preset ddpm_cifar10] [--device cuda] [--mode bf16+compile ...]
                                       [--batch 128] [--calls 5] [--rows 25] [--trace trace.json]
@@ -21,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.autograd import DeviceType
@@ -61,26 +62,34 @@ def kind_of(name: str) -> str:
     return next((kind for kind, keys in KINDS if any(key in lower for key in keys)), "other")
 
 
-def time_by_kind(events: Iterable[Any], device: torch.device) -> dict[str, float]:
-    """Seconds per kind, largest first, over profiler events (``key_averages()``): on CUDA the
-    device's own events (kernels, copies), each counted once (an operator's self device time
-    repeats its kernels'); on a CPU the operators' self time. Annotation ranges are left out."""
-    totals: dict[str, float] = {}
+class KindTotal(NamedTuple):
+    seconds: float
+    launches: float  # kernels launched (CUDA); operators called, nested ones included (CPU)
+
+
+def totals_by_kind(events: Iterable[Any], device: torch.device, calls: int = 1) -> dict[str, KindTotal]:
+    """Seconds and launches per kind, per profiled call (``calls`` of them), largest time first,
+    over profiler events (``key_averages()``): on CUDA the device's own events (kernels, copies),
+    each counted once (an operator's self device time repeats its kernels'); on a CPU the
+    operators' self time. Annotation ranges are left out."""
+    totals: dict[str, KindTotal] = {}
     for event in events:
         on_device = event.device_type != DeviceType.CPU
         if event.is_user_annotation or on_device != (device.type == "cuda"):
             continue
         kind = kind_of(event.key)
-        totals[kind] = totals.get(kind, 0.0) + (event.self_device_time_total if on_device else event.self_cpu_time_total) / 1e6
-    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+        seconds = (event.self_device_time_total if on_device else event.self_cpu_time_total) / 1e6 / calls
+        seconds_so_far, launches_so_far = totals.get(kind, (0.0, 0.0))
+        totals[kind] = KindTotal(seconds_so_far + seconds, launches_so_far + event.count / calls)
+    return dict(sorted(totals.items(), key=lambda item: -item[1].seconds))
 
 
 def profile_calls(
     fn: Callable[[], None], calls: int, device: torch.device, trace: Path | None
-) -> tuple[str, float, dict[str, float]]:
+) -> tuple[str, float, dict[str, KindTotal]]:
     """Profile ``calls`` calls of ``fn`` after three warm-up calls. Returns the operator table
     (sorted by self device time; CPU: self CPU time), the wall seconds per call, and the
-    seconds per call by kind of kernel (:func:`time_by_kind`)."""
+    seconds and launches per call by kind of kernel (:func:`totals_by_kind`)."""
     for _ in range(3):
         fn()
     synchronize(device)
@@ -95,8 +104,7 @@ def profile_calls(
         prof.export_chrome_trace(str(trace))
     averages = prof.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    kinds = {kind: seconds / calls for kind, seconds in time_by_kind(averages, device).items()}
-    return averages.table(sort_by=key, row_limit=-1), wall, kinds
+    return averages.table(sort_by=key, row_limit=-1), wall, totals_by_kind(averages, device, calls)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,12 +141,14 @@ def main(argv: list[str] | None = None) -> None:
             trace = args.trace.with_name(f"{args.trace.stem}-{mode.name}-{label}{args.trace.suffix}") if args.trace else None
             table, wall, kinds = profile_calls(fn, args.calls, device, trace)
             lines = table.splitlines()
-            total = sum(kinds.values())
+            total = sum(seconds for seconds, _ in kinds.values())
             share = f", {100 * total / wall:.0f}% of it in device kernels" if device.type == "cuda" else ""
             print(f"\n{label}: {1e3 * wall:.2f} ms per call{share}")
             print("\n".join(lines[: 3 + args.rows] + lines[-2:]))
-            print(f"{label} by kind:", ", ".join(f"{kind} {1e3 * sec:.2f} ms ({100 * sec / total:.0f}%)"
-                                                  for kind, sec in kinds.items()))
+            on_gpu = device.type == "cuda"
+            print(f"{label} by kind:", ", ".join(
+                f"{kind} {1e3 * sec:.2f} ms ({100 * sec / total:.0f}%" + (f", {n:.0f} launches)" if on_gpu else ")")
+                for kind, (sec, n) in kinds.items()))
 
 
 if __name__ == "__main__":

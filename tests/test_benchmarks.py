@@ -183,14 +183,15 @@ def test_profiler_lists_the_operators_of_a_step_and_a_call(tmp_path, capsys):
             assert {"convolution", "normalisation"} <= {kind for kind, *_ in parts}
             ms = [float(value) for _, value, *_ in parts]
             assert ms == sorted(ms, reverse=True) and all(value > 0 for value in ms)
+            assert "launches" not in kinds  # CPU operators nest: their calls are no count of work
     with pytest.raises(UserError, match="--calls"):
         profile_step.main(["--calls", "0"])
 
 
 def test_profile_counts_each_kernel_once_by_kind():
-    def event(key, device, us, annotation=False):
+    def event(key, device, us, annotation=False, count=2):
         on_cpu = device == DeviceType.CPU
-        return SimpleNamespace(key=key, device_type=device, is_user_annotation=annotation,
+        return SimpleNamespace(key=key, device_type=device, is_user_annotation=annotation, count=count,
                                self_cpu_time_total=us if on_cpu else 0, self_device_time_total=0 if on_cpu else us)
 
     cuda, cpu = DeviceType.CUDA, DeviceType.CPU
@@ -203,14 +204,17 @@ def test_profile_counts_each_kernel_once_by_kind():
         event("triton_poi_fused_add_convolution_native_group_norm_silu_3", cuda, 300.0),
         event("cudnn_generated_fort_native_sdpa_sm90_flash_bprop", cuda, 50.0),
         event("Memset (Device)", cuda, 10.0),
+        event("triton_red_fused_native_group_norm_backward_7", cuda, 60.0, count=6),
     ]
-    assert profile_step.time_by_kind(events, torch.device("cuda")) == pytest.approx({
-        "convolution": 4e-4, "fused (Triton)": 3e-4, "layout conversion": 2e-4, "optimizer": 1e-4,
-        "attention": 5e-5, "other": 1e-5,
-    })
-    assert list(profile_step.time_by_kind(events, torch.device("cuda"))) == [
+    by_kind = profile_step.totals_by_kind(events, torch.device("cuda"), calls=2)
+    assert list(by_kind) == [
         "convolution", "fused (Triton)", "layout conversion", "optimizer", "attention", "other"]  # largest first
-    assert profile_step.time_by_kind(events, torch.device("cpu")) == pytest.approx({"optimizer": 5e-5})
+    assert {kind: total.seconds for kind, total in by_kind.items()} == pytest.approx({
+        "convolution": 2e-4, "fused (Triton)": 1.8e-4, "layout conversion": 1e-4, "optimizer": 5e-5,
+        "attention": 2.5e-5, "other": 5e-6,
+    })
+    assert by_kind["fused (Triton)"].launches == 4 and by_kind["convolution"].launches == 1
+    assert profile_step.totals_by_kind(events, torch.device("cpu")) == {"optimizer": (5e-5, 2)}
     assert [profile_step.kind_of(n) for n in ("aten::native_group_norm", "aten::mm", "aten::silu")] == [
         "normalisation", "matrix product", "other"]
 
