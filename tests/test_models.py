@@ -132,8 +132,8 @@ def test_attention_equals_naive_softmax_reference(heads, head_dim):
 
 
 def test_broadcast_upsampling_is_nearest_neighbour_with_the_same_gradient():
-    """The form compiled CUDA graphs use (its backward a sum per 2x2 block) equals F.interpolate
-    in values and gradients; eager mode on a CPU uses interpolate itself."""
+    """The form torch.compile traces on CUDA (its backward a sum per 2x2 block) equals
+    F.interpolate in values and gradients; eager mode uses interpolate itself."""
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     weights = torch.randn(2, 3, 8, 10)
     eager = F.interpolate(x, scale_factor=2.0, mode="nearest")
