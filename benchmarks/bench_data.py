@@ -1,7 +1,7 @@
 """Throughput of the data pipeline on a generated image folder: preparing the uint8 cache once
 (decode, centre-crop, resize) and then streaming training batches from it with ``BatchIterator``.
 
-    python benchmarks/bench_data.py [--images 4096] [--size 64] [--batch 128] [--device cpu]
+    python benchmarks/bench_data.py [--images 4096] [--size 64] [--batch 128] [--device cpu] [--threads 1]
 
 The folder holds ``--images`` random JPEGs of 1.5x the training size, so that the cache build
 really resizes; it lives in a temporary directory that is removed afterwards.
@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=2, help="processes that build the cache (default 2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.images < args.batch:
         raise UserError(f"--images ({args.images}) must be at least --batch ({args.batch})")
     device = resolve_device(args.device, "--device")

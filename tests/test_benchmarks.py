@@ -233,10 +233,11 @@ def test_gpu_script_checks_its_stages_and_the_gpu(repo_root, tmp_path):
 
 def test_data_benchmark_runs(repo_root):
     cmd = [sys.executable, str(repo_root / "benchmarks" / "bench_data.py"), "--images", "64", "--size", "16",
-           "--batch", "16", "--workers", "0"]
+           "--batch", "16", "--workers", "0", "--threads", "1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     assert "prepare img/s" in result.stdout and "batches img/s" in result.stdout
+    assert "cpu, 1 torch thread(s)" in result.stdout
 
 
 def spy_sampling(monkeypatch) -> list[tuple[bool, torch.dtype | None]]:
@@ -304,9 +305,11 @@ def test_sampling_benchmark_rejects_bad_flags():
         bench_sampling.main(["--max-steps", "0"])
 
 
-def test_data_benchmark_needs_a_batch_of_images():
+def test_data_benchmark_needs_a_batch_of_images_and_a_thread():
     with pytest.raises(UserError, match="--images"):
         bench_data.main(["--images", "8", "--batch", "16"])
+    with pytest.raises(UserError, match="--threads must be at least 1, got 0"):
+        bench_data.main(["--threads", "0"])
 
 
 def digits_run(repo_root, tmp_path, *overrides: str):
