@@ -21,6 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_models import add_threads_flag, set_threads  # noqa: E402
 from diffusion.config import DataConfig  # noqa: E402
 from diffusion.data import BatchIterator, prepare_dataset  # noqa: E402
 from diffusion.device import resolve_device  # noqa: E402
@@ -67,12 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=2, help="processes that build the cache (default 2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_flag(parser)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     if args.images < args.batch:
         raise UserError(f"--images ({args.images}) must be at least --batch ({args.batch})")
     device = resolve_device(args.device, "--device")

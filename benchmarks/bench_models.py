@@ -175,6 +175,18 @@ def add_allocator_flag(parser: argparse.ArgumentParser) -> None:
                         " train.py and inference.py do)")
 
 
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` where given."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
 def set_up_allocator(args: argparse.Namespace, device: torch.device) -> bool:
     """Keep freed host memory unless ``--default-allocator``; whether it is kept."""
     return not args.default_allocator and tune_host_allocator(device)
@@ -440,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="preset names under Configs/ or YAML paths (default: ddpm_cifar10 digits)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median; default 5)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_flag(parser)
     parser.add_argument("--modes", nargs="+", type=Mode.parse, default=[Mode.parse(m) for m in DEFAULT_MODES],
                         help="rows besides fp32: fp32 or +-joined bf16, channels_last, compile, cudagraphs, "
                         "inductor_layout, e.g. "
@@ -458,8 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device, "--device")
     kept = set_up_allocator(args, device)
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     notes, results = run_benchmark(args.preset, args.modes, device, args.repeats, args.diffusers_modes)
     notes.append(f"host allocator: {'freed memory kept' if kept else 'as the platform sets it'}")
     print("\n".join(notes), flush=True)

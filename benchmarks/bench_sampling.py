@@ -22,7 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_models import add_allocator_flag, load_preset, set_up_allocator, synchronize  # noqa: E402
+from benchmarks.bench_models import (  # noqa: E402
+    add_allocator_flag,
+    add_threads_flag,
+    load_preset,
+    set_threads,
+    set_up_allocator,
+    synchronize,
+)
 from diffusion.device import PRECISIONS, autocast_dtype, precision_name, resolve_device  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.samplers import NoiseStreams, reverse_process  # noqa: E402
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", nargs="+", default=["digits", "config"],
                         help="preset names under Configs/ or YAML paths (default: digits config)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_flag(parser)
     parser.add_argument("--num-samples", type=int, default=64, help="images sampled in one batch (default 64)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="run at most this many steps per sampler and extrapolate (default: all)")
@@ -69,8 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device, "--device")
     dtype = autocast_dtype(args.precision, device, "--precision")
     kept = set_up_allocator(args, device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     print(f"{args.num_samples} images, {args.device}, {precision_name(dtype)}, {torch.get_num_threads()} thread(s)"
           f"{', channels-last' if args.channels_last else ''}{', freed host memory kept' if kept else ''}")
     print("| preset | sampler | steps | seconds | ms per step |")

@@ -32,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_models import (  # noqa: E402
     Mode,
+    add_threads_flag,
     fixed_batch,
     load_preset,
     make_steps,
     preset_batch,
+    set_threads,
     synchronize,
 )
 from diffusion.device import resolve_device  # noqa: E402
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="images per call (default: as bench_models.py)")
     parser.add_argument("--calls", type=int, default=5, help="profiled calls of each kind (default 5)")
     parser.add_argument("--rows", type=int, default=25, help="operators listed per table (default 25)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_flag(parser)
     parser.add_argument("--trace", type=Path, default=None,
                         help="also write Chrome traces: PATH with -MODE-train / -MODE-sample before its suffix")
     args = parser.parse_args(argv)
@@ -125,8 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--calls, --rows and --batch must be at least 1")
     device = resolve_device(args.device, "--device")
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     modes = args.mode or [Mode.parse("bf16+compile" if device.type == "cuda" else "fp32")]
     name, cfg = load_preset(args.preset)
     batch = args.batch or preset_batch(args.preset, cfg, device)
