@@ -26,7 +26,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_models import Mode, fixed_batch, load_preset, make_steps, preset_batch  # noqa: E402
+from benchmarks.bench_models import (  # noqa: E402
+    Mode,
+    fixed_batch,
+    load_preset,
+    make_steps,
+    preset_batch,
+    set_threads,
+)
 from diffusion.device import tune_host_allocator  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.schedule import NoiseSchedule  # noqa: E402
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         setting, kind = args.worker
         if setting == "kept" and not tune_host_allocator(torch.device("cpu")):
             raise UserError("keeping freed memory needs glibc (Linux); nothing to compare on this platform")
-        torch.set_num_threads(args.threads)
+        set_threads(args)
         print(json.dumps(measure(args.preset[0], kind, args.calls)))
         return
     print(f"{args.threads} thread(s), {args.rounds} round(s) of {args.calls} call(s); medians")
