@@ -3,6 +3,8 @@
     python inference.py --checkpoint Models/<run>            # the run's checkpoints/last.pt
     python inference.py --checkpoint Models/<run>/checkpoints/step_0100000.pt --sampler ddim --steps 50
     python inference.py --checkpoint Models/<run> --num-samples 10000 --sampler dpm++ --steps 20 --fid
+    python inference.py --checkpoint Models/<digits run> --classes 3,7 --guidance-scale 2
+    python inference.py --checkpoint Models/<celeba run> --attributes Smiling=1,Eyeglasses=0
 
 Defaults come from the checkpoint's ``sample:`` config section; flags override them. Files go to
 ``Models/<run>/samples/<timestamp>/`` unless ``--out`` is given.
@@ -14,6 +16,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from diffusion.conditioning import data_conditions, sampling_conditions
 from diffusion.device import PRECISIONS, resolve_device, tune_host_allocator
 from diffusion.errors import UserError, run_cli
 from diffusion.generate import (
@@ -65,9 +68,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=_positive_int, help="frames of the animation (default: sample.frames)")
     p.add_argument("--fps", type=_positive_int, help="frames per second of the animation (default: sample.fps)")
     p.add_argument(
+        "--classes", metavar="LIST",
+        help="class model: 'all', or comma-separated indices or names (3 | 0,1,2 | cat,dog); one grid row per class"
+        " (default: all)",
+    )
+    p.add_argument(
+        "--attributes", metavar="NAME=0|1,...",
+        help="attribute model: e.g. Smiling=1,Eyeglasses=0; attributes not listed are left unconditioned",
+    )
+    p.add_argument(
+        "--guidance-scale", type=float, metavar="S",
+        help="classifier-free guidance: eps_uncond + S (eps_cond - eps_uncond); 1 plain conditional,"
+        " 0 unconditional (default: sample.guidance_scale)",
+    )
+    p.add_argument(
         "--fid", action="store_true",
         help="also compute FID and KID of the samples against the training data; needs the 'fid' extra;"
-        " use >= 10000 samples for unbiased numbers",
+        " use >= 10000 samples for unbiased numbers; a conditional model without --classes/--attributes"
+        " samples labels drawn from the training data",
     )
     return p.parse_args(argv)
 
@@ -80,8 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "num_samples": args.num_samples, "batch_size": args.batch_size, "sampler": args.sampler,
         "steps": args.steps, "eta": args.eta, "seed": args.seed, "frames": args.frames, "fps": args.fps,
+        "guidance_scale": args.guidance_scale,
     }
     options = dataclasses.replace(loaded.config.sample, **{k: v for k, v in overrides.items() if v is not None})
+    if args.guidance_scale is not None and not loaded.config.conditional:
+        raise UserError("--guidance-scale: the model is unconditional; guidance needs a model trained with labels")
+    if args.fid and loaded.config.conditional and args.classes is None and args.attributes is None:
+        conditions = data_conditions(loaded.config, options.num_samples, options.seed)
+    else:
+        conditions = sampling_conditions(loaded.config, options.num_samples, args.classes, args.attributes)
     if args.fid:  # before sampling: too few samples, a missing 'fid' extra or Inception weights stop here
         if options.num_samples < 2:
             raise UserError(f"--fid needs at least 2 samples, got --num-samples {options.num_samples}")
@@ -92,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.weights} weights)")
     print(
         f"sampling {options.num_samples} images: {options.sampler}, {options.steps} steps, seed {options.seed}, "
-        f"on {device}",
+        f"{f'guidance scale {options.guidance_scale:g}, ' if conditions is not None else ''}on {device}",
         flush=True,
     )
     images, record = write_samples(
         loaded, options, out_dir,
         precision=args.precision or loaded.config.train.precision,
         grid=not args.no_grid, save_images=args.save_images, video=args.video, progress=True,
-        compile=args.compile,
+        compile=args.compile, conditions=conditions,
     )
     print(f"sampled in {record['sampling_seconds']:.1f} s ({record['precision']}); wrote {out_dir}/")
     for name in [*record["files"], "samples.json"]:

@@ -2,6 +2,14 @@
 
 ``UNet(**cfg.model)`` builds it from a config's ``model:`` section; ``model(x, t)`` maps images
 x (B, C, H, W) and integer timesteps t (B,) to a prediction of the same shape as x.
+
+A conditional network (``num_classes`` or ``num_attributes`` > 0) takes ``model(x, t, labels)``
+and learns the conditional and the unconditional model at once (classifier-free guidance, Ho &
+Salimans 2022): a learned label embedding is added to the time embedding, and a null token
+stands for "no label". Class labels are (B,) indices in 0..num_classes, ``num_classes`` being the
+null token; attribute labels are (B, A) values 0 (absent), 1 (present) or 2 (dropped), one
+3-way embedding per attribute, summed. An unconditional network has no label parameters, so its
+checkpoints are unchanged.
 """
 
 from __future__ import annotations
@@ -128,6 +136,8 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         norm_groups: int = 32,
         scale_shift: bool = False,
+        num_classes: int = 0,
+        num_attributes: int = 0,
     ) -> None:
         super().__init__()
         if image_size % 2 ** (len(channel_mult) - 1):
@@ -135,7 +145,17 @@ class UNet(nn.Module):
         self.image_size = image_size
         self.in_channels = in_channels
         self.base_channels = base_channels
+        self.num_classes = num_classes
+        self.num_attributes = num_attributes
         emb_ch = 4 * base_channels
+        if num_classes and num_attributes:
+            raise ValueError("a network conditions on classes or on attributes, not both")
+        # Index num_classes (classes) or value 2 (attributes) is the null token of Ho & Salimans.
+        self.label_emb = (
+            nn.Embedding(num_classes + 1, emb_ch) if num_classes
+            else nn.Embedding(3 * num_attributes, emb_ch) if num_attributes
+            else None
+        )
 
         def block(cin: int, cout: int, res: int) -> ResAttnBlock:
             attn = (
@@ -185,9 +205,37 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # The time embedding goes through its MLP and SiLU once; each block applies only a Linear.
-        emb = F.silu(self.time_mlp(sinusoidal_embedding(t, self.base_channels).to(x.dtype)))
+    @property
+    def conditional(self) -> bool:
+        return self.label_emb is not None
+
+    @property
+    def null_value(self) -> int:
+        """The label value meaning "dropped": index num_classes for classes, 2 for attributes."""
+        return self.num_classes if self.num_classes else 2
+
+    def null_labels(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        """Labels that condition on nothing: (B,) for classes, (B, A) for attributes."""
+        shape = (batch, self.num_attributes) if self.num_attributes else (batch,)
+        return torch.full(shape, self.null_value, dtype=torch.long, device=device)
+
+    def label_embedding(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, emb) embedding of class labels (B,), or the sum over attributes of (B, A) labels."""
+        assert self.label_emb is not None
+        if self.num_attributes:
+            offsets = 3 * torch.arange(self.num_attributes, device=labels.device)
+            return self.label_emb(labels + offsets).sum(1)
+        return self.label_emb(labels)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The prediction for x_t at t; ``labels`` None means unconditioned (the null token)."""
+        emb = self.time_mlp(sinusoidal_embedding(t, self.base_channels).to(x.dtype))
+        if self.label_emb is not None:
+            if labels is None:
+                labels = self.null_labels(x.shape[0], x.device)
+            emb = emb + self.label_embedding(labels).to(emb.dtype)
+        # The embedding goes through its SiLU once; each block applies only a Linear.
+        emb = F.silu(emb)
         h = self.conv_in(x)
         skips = [h]
         for module in self.down:

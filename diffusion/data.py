@@ -30,6 +30,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,14 @@ def channels_of(source: str) -> int:
 # Preparing the cache -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Labels:
+    """Per-image labels of a dataset, in the order of its image cache."""
+
+    values: np.ndarray  # (N,) int64 class indices, or (N, A) int64 attribute flags (1 present, 0 absent)
+    names: list[str]  # the class names in index order, or the attribute names
+
+
 def prepare_dataset(data: DataConfig, rank_zero: bool = True) -> np.ndarray:
     """The dataset as a read-only uint8 array (N, H, W, C), memory-mapped from its cache file.
 
@@ -66,24 +75,72 @@ def prepare_dataset(data: DataConfig, rank_zero: bool = True) -> np.ndarray:
     processes of a distributed run call it after rank zero has built the cache). The file is
     written atomically, so concurrent or interrupted builds never leave a broken cache.
     """
+    return _prepare(data, rank_zero)[0]
+
+
+def prepare_labeled_dataset(data: DataConfig, rank_zero: bool = True) -> tuple[np.ndarray, Labels]:
+    """:func:`prepare_dataset` and the labels of its images: digit targets, CIFAR-10 classes,
+    the class subfolder of each image of a ``folder`` (sorted names, as torchvision's
+    ``ImageFolder``), or CelebA's ``data.attributes`` from ``list_attr_celeba.txt``. A source
+    without labels (a flat folder, CelebA without ``data.attributes``) is a :class:`DataError`."""
+    images, labels_of = _prepare(data, rank_zero)
+    labels = labels_of()
+    if len(labels.values) != len(images):
+        raise DataError(f"{data.root}: {len(labels.values)} labels for {len(images)} cached images; delete {data.root}/cache to rebuild")
+    return images, labels
+
+
+def _prepare(data: DataConfig, rank_zero: bool) -> tuple[np.ndarray, Callable[[], Labels]]:
+    """The images, and a function computing their labels (only called by conditional runs)."""
     root = Path(data.root)
     size = data.image_size
     if data.source in ("celeba", "folder"):
         if data.source == "celeba":
             files, box, transform = _celeba_files(root), CELEBA_BOX, "crop128at89x121"
             base = root / "celeba" / "img_align_celeba"
+            labels_of = functools.partial(_celeba_attributes, root / "celeba" / "list_attr_celeba.txt", files, data.attributes)
         else:
             files, box, transform, base = _folder_files(root), None, "centercrop", root
+            labels_of = functools.partial(_folder_classes, root, files)
         path = root / "cache" / f"{data.source}-{transform}-{size}px-{_listing_key(base, files, size)}.npy"
         if not path.is_file():
             _build_from_files(path, files, size, box, data.num_workers, rank_zero)
+        images = _open_cache(path, size)
+        kept = _kept_files(path, len(files), len(images))
+        return images, lambda: _subset(labels_of(), kept)
+    if data.source == "digits":
+        images, labels_of = _digits(size), _digit_labels
     else:
-        images = _digits(size) if data.source == "digits" else _cifar10(root, size)
-        key = hashlib.sha1(CACHE_FORMAT.encode() + images.tobytes()).hexdigest()[:16]
-        path = root / "cache" / f"{data.source}-bilinear-{size}px-{key}.npy"
-        if not path.is_file():
-            _save_atomic(path, images)
-    return _open_cache(path, size)
+        cifar = _cifar10(root)
+        images = _resize(cifar.data, size)
+        labels_of = lambda: Labels(np.asarray(cifar.targets, dtype=np.int64), list(cifar.classes))  # noqa: E731
+    key = hashlib.sha1(CACHE_FORMAT.encode() + images.tobytes()).hexdigest()[:16]
+    path = root / "cache" / f"{data.source}-bilinear-{size}px-{key}.npy"
+    if not path.is_file():
+        _save_atomic(path, images)
+    return _open_cache(path, size), labels_of
+
+
+def _kept_path(path: Path) -> Path:
+    """Where the indices of the files that made it into cache ``path`` are kept, when some did not."""
+    return path.with_name(f"{path.stem}-kept.npy")
+
+
+def _kept_files(path: Path, num_files: int, num_images: int) -> np.ndarray | None:
+    """Indices into the file listing of the cached images (None: all of them, in order)."""
+    if num_images == num_files:
+        return None
+    try:
+        kept = np.load(_kept_path(path))
+    except (OSError, ValueError):
+        kept = None
+    if kept is None or len(kept) != num_images:
+        raise DataError(f"{path}: cache without the index of its {num_images} readable files; delete it to rebuild")
+    return kept
+
+
+def _subset(labels: Labels, kept: np.ndarray | None) -> Labels:
+    return labels if kept is None else Labels(labels.values[kept], labels.names)
 
 
 def _listing_key(base: Path, files: list[Path], size: int) -> str:
@@ -143,17 +200,19 @@ def _build_from_files(
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=path.parent) as scratch, _imap(load, files, workers) as results:
         out = np.memmap(scratch, dtype=np.uint8, mode="w+", shape=(len(files), size, size, 3))
-        kept = 0
+        kept: list[int] = []
         bar = tqdm(results, total=len(files), desc=f"preparing {path.name}", unit="img", disable=not verbose)
-        for file, (image, reason) in zip(files, bar, strict=True):
+        for i, (file, (image, reason)) in enumerate(zip(files, bar, strict=True)):
             if image is None:
                 tqdm.write(f"warning: skipping unreadable image {file} ({reason})", file=sys.stderr)
             else:
-                out[kept] = image
-                kept += 1
-        if kept == 0:
+                out[len(kept)] = image
+                kept.append(i)
+        if not kept:
             raise DataError(f"{files[0].parent}: none of the {len(files)} images could be read")
-        _save_atomic(path, out[:kept])
+        if len(kept) < len(files):  # the labels of a conditional run must skip the same files
+            write_atomic(_kept_path(path), lambda f: np.save(f, np.array(kept, dtype=np.int64)))
+        _save_atomic(path, out[: len(kept)])
 
 
 @contextmanager
@@ -226,6 +285,41 @@ def _download_celeba(root: Path) -> None:
         ) from None
 
 
+def _folder_classes(root: Path, files: list[Path]) -> Labels:
+    """Class = the subfolder of ``root`` an image is in, names sorted (torchvision's ``ImageFolder``)."""
+    parts = [f.relative_to(root).parts for f in files]
+    flat = [f for f, p in zip(files, parts, strict=True) if len(p) == 1]
+    if flat:
+        raise DataError(
+            f"{root}: a conditional model (model.num_classes) needs one subfolder of images per class,"
+            f" but {len(flat)} image(s) lie directly in it (first: {flat[0].name})"
+        )
+    names = sorted({p[0] for p in parts})
+    index = {name: i for i, name in enumerate(names)}
+    return Labels(np.array([index[p[0]] for p in parts], dtype=np.int64), names)
+
+
+def _celeba_attributes(path: Path, files: list[Path], wanted: list[str]) -> Labels:
+    """The ``wanted`` columns of CelebA's ``list_attr_celeba.txt`` for ``files``, as 1 (the file's
+    1) or 0 (its -1). The file: a count line, a line of the 40 attribute names, then one
+    ``<image> <40 values>`` line per image."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror}); data.attributes needs CelebA's attribute file there") from None
+    header = lines[1].split() if len(lines) > 1 else []
+    unknown = [a for a in wanted if a not in header]
+    if unknown:
+        raise DataError(f"{path}: no attribute '{unknown[0]}' (data.attributes); valid: {', '.join(header)}")
+    columns = [header.index(a) for a in wanted]
+    rows = {fields[0]: fields[1:] for fields in map(str.split, lines[2:]) if len(fields) == len(header) + 1}
+    missing = [f.name for f in files if f.name not in rows]
+    if missing:
+        raise DataError(f"{path}: no attributes for {len(missing)} train image(s) (first: {missing[0]})")
+    values = np.array([[rows[f.name][c] == "1" for c in columns] for f in files], dtype=np.int64)
+    return Labels(values.reshape(len(files), len(columns)), list(wanted))
+
+
 def _digits(size: int) -> np.ndarray:
     """scikit-learn's 8x8 digits (values 0..16) upsampled bilinearly to uint8 (1797, size, size, 1)."""
     from sklearn.datasets import load_digits
@@ -235,18 +329,29 @@ def _digits(size: int) -> np.ndarray:
     return (large.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _cifar10(root: Path, size: int) -> np.ndarray:
-    """torchvision's CIFAR-10 train split as uint8 (50000, size, size, 3), downloaded if absent."""
+def _digit_labels() -> Labels:
+    from sklearn.datasets import load_digits
+
+    return Labels(load_digits().target.astype(np.int64), [str(d) for d in range(10)])
+
+
+def _cifar10(root: Path) -> Any:
+    """torchvision's CIFAR-10 train split (``.data`` uint8 (50000, 32, 32, 3), ``.targets``,
+    ``.classes``), downloaded if absent."""
     from torchvision.datasets import CIFAR10
 
     try:
-        images = CIFAR10(str(root), train=True, download=True).data
+        return CIFAR10(str(root), train=True, download=True)
     except Exception as err:  # noqa: BLE001 - network errors, MD5 mismatch, corrupt archive
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DataError(
             f"CIFAR-10 download to {root}/cifar-10-batches-py failed ({reason}); fetch cifar-10-python.tar.gz"
             f" from the CIFAR-10 page and extract it into {root}/"
         ) from None
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images (N, h, w, C) resized to (N, size, size, C), bilinear and antialiased."""
     if size == images.shape[1]:
         return images
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
@@ -267,7 +372,9 @@ class BatchIterator:
     depends only on (seed, epoch, index): :meth:`state_dict` (the position of the next batch) is
     all a resumed run needs to continue the identical stream. A background thread gathers the
     next ``prefetch`` batches (uint8, pinned when the device is CUDA) and starts their copies
-    while the current step runs; flips and scaling are done on the device.
+    while the current step runs; flips and scaling are done on the device. With ``labels`` (one
+    row per image, e.g. :attr:`Labels.values`) a batch is (images, labels (B, ...) int64), the
+    labels following their images through the same order, shards and resume state.
     """
 
     def __init__(
@@ -282,8 +389,12 @@ class BatchIterator:
         random_flip: bool = False,
         channels_last: bool = False,
         prefetch: int = 2,
+        labels: np.ndarray | None = None,
     ) -> None:
+        if labels is not None and len(labels) != len(images):
+            raise DataError(f"{len(labels)} labels for {len(images)} images")
         self.images = images
+        self.labels = labels
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.seed = seed
@@ -329,8 +440,9 @@ class BatchIterator:
         used = self.batches_per_epoch * self.batch_size
         return order[mine][:used].reshape(shape), flips[mine][:used].reshape(shape)
 
-    def load_batch(self, indices: np.ndarray, flips: np.ndarray) -> torch.Tensor:
-        """Images ``indices`` as a float batch on the device, ``flips`` mirrored, scaled to [-1, 1].
+    def load_batch(self, indices: np.ndarray, flips: np.ndarray) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Images ``indices`` as a float batch on the device, ``flips`` mirrored, scaled to [-1, 1]
+        (and their labels, when the iterator has labels).
 
         A batch is a set: its images are read in file order with the flipped ones first, so the
         flip is one slice operation on the device.
@@ -345,8 +457,11 @@ class BatchIterator:
         x = pixels.to(self.device, non_blocking=on_cuda)
         if num_flipped:
             x[:num_flipped] = x[:num_flipped].flip(2)  # mirror the width axis
-        x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=self.memory_format)
-        return x.div_(127.5).sub_(1.0)
+        x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=self.memory_format).div_(127.5).sub_(1.0)
+        if self.labels is None:
+            return x
+        labels = torch.from_numpy(np.asarray(self.labels[indices[order]], dtype=np.int64))
+        return x, labels.to(self.device, non_blocking=on_cuda)
 
     def _positions(self, epoch: int, index: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         while True:
@@ -355,7 +470,7 @@ class BatchIterator:
                 yield indices[i], flips[i]
             epoch, index = epoch + 1, 0
 
-    def _put(self, item: torch.Tensor | BaseException) -> bool:
+    def _put(self, item: Any) -> bool:
         """Queue ``item`` for the consumer, waiting while the queue is full; False once
         :meth:`close` asks the thread to stop (so a full queue never blocks ``close``)."""
         assert self._queue is not None
@@ -378,7 +493,7 @@ class BatchIterator:
     def __iter__(self) -> BatchIterator:
         return self
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> Any:
         if self._thread is None:
             self._queue = queue.Queue(maxsize=max(1, self.prefetch))
             self._thread = threading.Thread(target=self._produce, args=(self.epoch, self.index), daemon=True)

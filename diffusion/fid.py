@@ -302,6 +302,7 @@ def fid_of_model(
     extractor: nn.Module | None = None,
     progress: bool = False,
     env: Distributed | None = None,
+    labels: torch.Tensor | None = None,
 ) -> float | None:
     """FID of ``num_samples`` samples of ``model`` (the trainer's periodic ``log.fid_every``),
     drawn with the fast training-time sampler (``log.sample_sampler``, ``log.sample_steps``) from
@@ -310,7 +311,8 @@ def fid_of_model(
     Under torchrun (``env``) every process draws its share of the samples and sends it to rank
     zero, which computes the FID; the others return None. Sample i comes from noise stream i
     however the samples are shared, so the FID does not depend on the number of processes (up
-    to floating-point rounding: each process runs its own batch shapes).
+    to floating-point rounding: each process runs its own batch shapes). A conditional model
+    gets ``labels`` (one per sample, e.g. drawn from the data's labels) and ``sample.guidance_scale``.
     """
     env = env or Distributed()
     share = range(num_samples * env.rank // env.world_size, num_samples * (env.rank + 1) // env.world_size)
@@ -319,6 +321,7 @@ def fid_of_model(
         samples = generate_from(
             model, schedule, cfg.preview_sampling(len(share)), first=share.start, device=device,
             autocast_dtype=autocast_dtype, progress=progress,
+            labels=labels[share.start : share.stop] if labels is not None else None,
         )
     shares = env.gather_on_main(to_uint8(samples))  # uint8: a quarter of the bytes
     if shares is None:

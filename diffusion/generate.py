@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
+from diffusion.conditioning import Conditions, sampling_conditions
 from diffusion.config import Config, SampleConfig, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
@@ -121,9 +122,11 @@ def sample_with_animation(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    conditions: Conditions | None = None,
 ) -> tuple[torch.Tensor, list[np.ndarray]]:
     """``options.num_samples`` images (N, C, H, W) in [-1, 1], and ``num_frames`` grids (H, W, C)
-    uint8 of the samples at the reverse steps chosen by :func:`animation_steps` (none when 0)."""
+    uint8 of the samples at the reverse steps chosen by :func:`animation_steps` (none when 0).
+    A conditional model samples under ``conditions`` (its grid rows are the frames' rows too)."""
     shown = animation_steps(timestep_sequence(schedule.timesteps, options.steps), num_frames) if num_frames else []
     wanted = set(shown)
     states: dict[int, torch.Tensor] = {}
@@ -137,8 +140,10 @@ def sample_with_animation(
     images = generate_from(
         model, schedule, options,
         device=device, autocast_dtype=autocast_dtype, progress=progress, on_step=record if shown else None,
+        labels=conditions.labels if conditions is not None else None,
     )
-    grids = {index: image_grid(pixels) for index, pixels in states.items()}
+    nrow = conditions.row_length if conditions is not None else None
+    grids = {index: image_grid(pixels, nrow) for index, pixels in states.items()}
     return images, [grids[index] for index in shown]
 
 
@@ -164,29 +169,33 @@ def write_samples(
     video: str = "mp4",
     progress: bool = False,
     compile: bool = False,
+    conditions: Conditions | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Sample from ``loaded`` and write into ``out_dir``: ``grid.png``, ``images/000000.png`` ...
     (with ``save_images``), ``denoise.mp4`` / ``.gif`` (``video``; ``options.frames`` frames at
     ``options.fps``, the final image held a second) and ``samples.json``. With ``compile`` the
     network is compiled by :func:`~diffusion.device.compile_network` (its compilation counts in
-    the sampling time; on CUDA replayed as CUDA graphs, activations channels-last).
-    Returns the samples (N, C, H, W) in [-1, 1] and that record."""
+    the sampling time; on CUDA replayed as CUDA graphs, activations channels-last). A conditional
+    model samples under ``conditions`` (default: :func:`sampling_conditions`, every class in
+    order), guided by ``options.guidance_scale``; both are recorded. Returns the samples (N, C, H, W) in [-1, 1] and that record."""
     check_options(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
     out_dir = Path(out_dir)
+    if conditions is None:
+        conditions = sampling_conditions(loaded.config, options.num_samples)
     device = next(loaded.model.parameters()).device
     dtype = autocast_dtype(precision, device)
     started = time.perf_counter()
     model = compile_network(loaded.model, device) if compile else loaded.model
     images, frames = sample_with_animation(
         model, loaded.schedule, options, options.frames if video != "none" else 0,
-        device=device, autocast_dtype=dtype, progress=progress,
+        device=device, autocast_dtype=dtype, progress=progress, conditions=conditions,
     )
     sampling_seconds = time.perf_counter() - started
     files: list[Path] = []
     if grid:
-        files.append(save_png(image_grid(images), out_dir / "grid.png"))
+        files.append(save_png(image_grid(images, conditions.row_length if conditions else None), out_dir / "grid.png"))
     if save_images:
         pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
         for i, picture in enumerate(pixels):
@@ -197,11 +206,14 @@ def write_samples(
     settings = dataclasses.asdict(options)
     if not frames:
         del settings["frames"], settings["fps"]
+    if conditions is None:
+        del settings["guidance_scale"]
     record = {
         "checkpoint": str(loaded.path),
         "step": loaded.step,
         "weights": loaded.weights,
         **settings,
+        **(conditions.record if conditions is not None else {}),
         "precision": precision_name(dtype),
         "compiled": compile,
         "device": str(device),

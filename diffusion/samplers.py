@@ -14,6 +14,13 @@ With S = T this is every timestep, and the ddpm sampler is exactly Ho et al.'s A
 S < T every sampler works on the respaced pairs (t_i, t_{i+1}) through alpha_bar alone
 (Nichol & Dhariwal 2021, sec. 4).
 
+Guidance
+--------
+A conditional network (:class:`models.UNet` with labels) is sampled with classifier-free guidance
+(Ho & Salimans 2022, eq. 6, in diffusers' convention): eps = eps_uncond + S (eps_cond - eps_uncond),
+with x0 recomputed from the guided eps. S = 1 is the conditional model and S = 0 the unconditional
+one, each a plain network call; any other S evaluates both halves in ONE call on a doubled batch.
+
 Noise
 -----
 Sample i draws all its noise (x_T and any per-step noise) from its own generator seeded by
@@ -145,25 +152,50 @@ def make_denoiser(
     schedule: NoiseSchedule,
     clip_denoised: bool = True,
     autocast_dtype: torch.dtype | None = None,
+    labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
 ) -> Denoiser:
     """The network as the samplers see it: (x_t, t) -> (predicted x0, predicted eps) in the dtype of x_t.
 
-    Any objective (eps, x0, v) is converted by ``schedule.predict_x0_eps``. With ``clip_denoised``
-    x0 is clipped to [-1, 1] and eps recomputed from the clipped x0 (eq. 4 solved for eps), so every
-    sampler's update uses the clipped prediction. The model is called under ``autocast_dtype``
-    (None: full precision) and with channels-last inputs when its weights are channels-last.
+    Any objective (eps, x0, v) is converted by ``schedule.predict_x0_eps``; with ``labels`` (one
+    per sample of the batch) the eps of the conditional and the unconditional prediction are mixed
+    by ``guidance_scale`` (see Guidance above) and x0 is recomputed from the mix. With
+    ``clip_denoised`` x0 is clipped to [-1, 1] and eps recomputed from the clipped x0 (eq. 4 solved
+    for eps), so every sampler's update uses the clipped prediction. The model is called under
+    ``autocast_dtype`` (None: full precision) and with channels-last inputs when its weights are
+    channels-last.
     """
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module  # no gradient synchronisation needed for sampling
     channels_last = uses_channels_last(model)
+    if labels is not None and guidance_scale == 0:
+        labels = unwrap(model).null_labels(len(labels), labels.device)  # the unconditional model, exactly
+    guided = labels is not None and guidance_scale != 1
+    if guided:
+        assert labels is not None
+        both_labels = torch.cat([labels, unwrap(model).null_labels(len(labels), labels.device)])
+
+    def network(x: torch.Tensor, t_batch: torch.Tensor) -> torch.Tensor:
+        net_input = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if guided:
+                output = model(torch.cat([net_input, net_input]), torch.cat([t_batch, t_batch]), both_labels)
+            else:
+                output = model(net_input, t_batch) if labels is None else model(net_input, t_batch, labels)
+        # A copy: a CUDA-graph replay of a compiled model reuses its output buffer at the next call.
+        return output.to(x.dtype, copy=True)
 
     def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        net_input = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            output = model(net_input, t_batch)
-        # A copy: a CUDA-graph replay of a compiled model reuses its output buffer at the next call.
-        x0, eps = schedule.predict_x0_eps(output.to(x.dtype, copy=True), x, t_batch)
+        output = network(x, t_batch)
+        if guided:
+            cond, uncond = output.chunk(2)
+            _, eps_cond = schedule.predict_x0_eps(cond, x, t_batch)
+            _, eps_uncond = schedule.predict_x0_eps(uncond, x, t_batch)
+            eps = torch.lerp(eps_uncond, eps_cond, guidance_scale)  # eps_u + S (eps_c - eps_u)
+            x0 = schedule.x0_from_eps(x, t_batch, eps)
+        else:
+            x0, eps = schedule.predict_x0_eps(output, x, t_batch)
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
             eps = schedule.eps_from_x0(x, t_batch, x0)
@@ -278,16 +310,19 @@ def reverse_process(
     clip_denoised: bool = True,
     ddpm_variance: Literal["beta", "beta_tilde"] = "beta",
     autocast_dtype: torch.dtype | None = None,
+    labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
 ) -> Iterator[ReverseStep]:
     """The reverse steps of ``sampler`` with S = ``steps`` network calls, starting from x_T = noise().
 
     ``model`` should be in eval mode and on the device of ``noise``; ``schedule`` on any device.
+    A conditional model gets ``labels`` (one per sample) and ``guidance_scale`` (:func:`make_denoiser`).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
     timesteps = timestep_sequence(schedule.timesteps, steps)
     alpha_bar = schedule.alpha_bar.tolist()
-    denoise = make_denoiser(model, schedule, clip_denoised, autocast_dtype)
+    denoise = make_denoiser(model, schedule, clip_denoised, autocast_dtype, labels, guidance_scale)
     if sampler == "ddpm":
         return ddpm_steps(denoise, alpha_bar, timesteps, noise, ddpm_variance)
     if sampler == "ddim":
@@ -316,6 +351,8 @@ def generate(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     on_step: Callable[[range, ReverseStep], None] | None = None,
+    labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
     """Generate ``num_samples`` images (N, C, H, W) on the CPU, in [-1, 1] when ``clip_denoised``.
 
@@ -323,10 +360,14 @@ def generate(
     the model's. Sample i is generated from stream (seed, first + i) whatever ``batch_size`` is, so
     a process can draw its share of a larger set (``first``: the index of its first sample).
     ``on_step(sample_indices, step)`` is called after every reverse step of every batch (for
-    animations). The model is put in eval mode while sampling and restored afterwards.
+    animations). A conditional model gets ``labels`` (N,) or (N, A), sample i conditioned on
+    ``labels[i]``, guided by ``guidance_scale`` (None labels: unconditioned). The model is put in
+    eval mode while sampling and restored afterwards.
     """
     if num_samples < 1 or batch_size < 1 or first < 0:
         raise ValueError(f"num_samples and batch_size must be positive and first >= 0, got {num_samples}, {batch_size}, {first}")
+    if labels is not None and len(labels) != num_samples:
+        raise ValueError(f"expected one label per sample ({num_samples}), got {len(labels)}")
     net = unwrap(model)
     shape = (net.in_channels, net.image_size, net.image_size)
     device = torch.device(device) if device is not None else model_device(model)
@@ -343,6 +384,8 @@ def generate(
             for step in reverse_process(
                 model, schedule, noise, sampler=sampler, steps=steps, eta=eta,
                 clip_denoised=clip_denoised, ddpm_variance=ddpm_variance, autocast_dtype=autocast_dtype,
+                labels=labels[batch.start : batch.stop].to(device) if labels is not None else None,
+                guidance_scale=guidance_scale,
             ):
                 if on_step is not None:
                     on_step(batch, step)
@@ -356,11 +399,12 @@ def generate(
 
 def generate_from(model: torch.nn.Module, schedule: NoiseSchedule, options: SampleConfig, **kwargs: Any) -> torch.Tensor:
     """:func:`generate` with the options of a config's ``sample`` section (``num_samples``,
-    sampler, steps, eta, seed, batch size, clipping, DDPM variance); ``kwargs`` go to it as they are."""
+    sampler, steps, eta, seed, batch size, clipping, DDPM variance, guidance scale); ``kwargs``
+    (e.g. ``labels``) go to it as they are."""
     return generate(
         model, schedule, options.num_samples, sampler=options.sampler, steps=options.steps, eta=options.eta,
         seed=options.seed, batch_size=options.batch_size, clip_denoised=options.clip_denoised,
-        ddpm_variance=options.ddpm_variance, **kwargs,
+        ddpm_variance=options.ddpm_variance, guidance_scale=options.guidance_scale, **kwargs,
     )
 
 

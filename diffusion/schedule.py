@@ -147,10 +147,12 @@ class NoiseSchedule:
         x0: torch.Tensor,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean-squared error of the network's prediction of the objective's target.
 
         ``eps``: L_simple, Ho et al. eq. 14; ``x0``: the clean image; ``v``: Salimans & Ho's v.
+        ``labels`` (a conditional model's, some already dropped to the null token) go to the network.
         """
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device)
@@ -163,5 +165,5 @@ class NoiseSchedule:
             target = x0
         else:
             target = self.v_target(x0, t, noise)
-        prediction = model(xt, t)
+        prediction = model(xt, t) if labels is None else model(xt, t, labels)
         return F.mse_loss(prediction.float(), target.float())

@@ -45,7 +45,8 @@ from tqdm import tqdm
 from diffusion import distributed
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, write_atomic
 from diffusion.config import Config, TrainConfig
-from diffusion.data import BatchIterator, channels_of, prepare_dataset
+from diffusion.conditioning import data_distribution, drop_labels, grid_conditions, null_value
+from diffusion.data import BatchIterator, Labels, channels_of, prepare_dataset, prepare_labeled_dataset
 from diffusion.device import autocast_dtype, compile_network, resolve_device, tune_host_allocator
 from diffusion.ema import EMA
 from diffusion.errors import CheckpointError, ConfigError
@@ -74,7 +75,7 @@ def learning_rate(step: int, train_cfg: TrainConfig) -> float:
 def build_model(cfg: Config) -> UNet:
     """``UNet(**cfg.model)``, with architecture errors reported as config errors."""
     try:
-        return UNet(**dataclasses.asdict(cfg.model))
+        return UNet(**dataclasses.asdict(cfg.model), num_attributes=len(cfg.data.attributes))
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
 
@@ -147,10 +148,11 @@ class Trainer:
         self.checkpoint_dir = self.run_dir / "checkpoints"
 
         if self.env.is_main:
-            images = prepare_dataset(cfg.data)
+            images, self.labels = self._prepare_data(rank_zero=True)
         self.env.barrier()  # rank zero has built the cache
         if not self.env.is_main:
-            images = prepare_dataset(cfg.data, rank_zero=False)
+            images, self.labels = self._prepare_data(rank_zero=False)
+        cfg = self.cfg  # with the class names of the data
 
         t = cfg.train
         seed_everything(t.seed)  # the same initial weights on every process
@@ -169,6 +171,7 @@ class Trainer:
         self.batches = BatchIterator(
             images, t.batch_size, self.device, seed=t.seed, rank=self.env.rank, world_size=self.env.world_size,
             random_flip=cfg.data.random_flip, channels_last=t.channels_last,
+            labels=self.labels.values if self.labels is not None else None,
         )
         self.step = 0
         if checkpoint is not None:
@@ -184,6 +187,26 @@ class Trainer:
         self.last_loss = math.nan
         self._reset_interval()
         self.first_bad_step = torch.tensor(NEVER, device=self.device)
+
+    def _prepare_data(self, rank_zero: bool) -> tuple[np.ndarray, Labels | None]:
+        """The image cache, and for a conditional model its labels; the data's class names go
+        into ``self.cfg`` (and so into config.yaml and every checkpoint)."""
+        data = self.cfg.data
+        if not self.cfg.conditional:
+            return prepare_dataset(data, rank_zero), None
+        images, labels = prepare_labeled_dataset(data, rank_zero)
+        classes = self.cfg.model.num_classes
+        if classes:
+            if len(labels.names) != classes:
+                raise ConfigError(
+                    f"model.num_classes is {classes} but data.source '{data.source}' has {len(labels.names)}"
+                    f" classes ({', '.join(labels.names[:10])}{', ...' if len(labels.names) > 10 else ''});"
+                    f" set model.num_classes={len(labels.names)}"
+                )
+            if data.class_names and data.class_names != labels.names:
+                raise ConfigError(f"data.class_names {data.class_names} differ from the data's classes {labels.names}")
+            self.cfg = dataclasses.replace(self.cfg, data=dataclasses.replace(data, class_names=labels.names))
+        return images, labels
 
     # Run folder and checkpoints ------------------------------------------------------------
 
@@ -216,12 +239,13 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         saved = state["config"]
         mine = self.cfg.to_dict()
-        for section in ("model", "diffusion"):
-            for key, value in mine[section].items():
-                if saved.get(section, {}).get(key, value) != value:
-                    raise CheckpointError(
-                        f"{path}: trained with {section}.{key}={saved[section][key]!r} but the config says {value!r}"
-                    )
+        compared = [(section, key) for section in ("model", "diffusion") for key in mine[section]]
+        for section, key in [*compared, ("data", "attributes"), ("data", "class_names")]:
+            value = mine[section][key]
+            if saved.get(section, {}).get(key, value) != value:
+                raise CheckpointError(
+                    f"{path}: trained with {section}.{key}={saved[section][key]!r} but the config says {value!r}"
+                )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"], state["ema_updates"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -347,11 +371,13 @@ class Trainer:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
-            x0 = next(self.batches)
+            x0, labels = next(self.batches) if self.labels is not None else (next(self.batches), None)
+            if labels is not None:
+                labels = drop_labels(labels, t.cond_drop_prob, null_value(self.cfg))
             last = micro == t.grad_accum - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    loss = self.schedule.training_loss(self.net, x0) / t.grad_accum
+                    loss = self.schedule.training_loss(self.net, x0, labels=labels) / t.grad_accum
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -427,11 +453,13 @@ class Trainer:
         from diffusion.media import image_grid, save_png
         from diffusion.samplers import generate_from
 
+        conditions = grid_conditions(self.cfg, self.cfg.log.sample_count)
         images = generate_from(
             self.ema.module, self.schedule, self.cfg.preview_sampling(self.cfg.log.sample_count),
             device=self.device, autocast_dtype=self.amp_dtype,
+            labels=conditions.labels if conditions is not None else None,
         )
-        grid = image_grid(images)
+        grid = image_grid(images, nrow=conditions.row_length if conditions is not None else None)
         save_png(grid, self.run_dir / "samples" / f"step_{self.step:07d}.png")
         self.writer.add_image("samples/ema", grid, self.step, dataformats="HWC")
 
@@ -440,9 +468,11 @@ class Trainer:
         samples its share, rank zero scores them all."""
         from diffusion.fid import fid_of_model
 
+        count = self.cfg.log.fid_samples
+        labels = data_distribution(self.labels.values, count, self.cfg.sample.seed) if self.labels is not None else None
         value = fid_of_model(
-            self.ema.module, self.schedule, self.cfg, self.cfg.log.fid_samples, self.device,
-            autocast_dtype=self.amp_dtype, extractor=self.fid_extractor, env=self.env,
+            self.ema.module, self.schedule, self.cfg, count, self.device,
+            autocast_dtype=self.amp_dtype, extractor=self.fid_extractor, env=self.env, labels=labels,
         )
         if value is None:
             return
