@@ -5,9 +5,13 @@ The network is freshly initialised: a step costs the same whatever the weights. 
 (every step makes one network call of the same cost), which makes the 64x64 model measurable
 on a CPU.
 
+With ``--guidance-scale S`` the networks are class-conditional (10 classes) and every row is
+timed twice: unguided (S = 1, one network call per step) and guided by S (classifier-free
+guidance: the conditional and unconditional halves in one call on a doubled batch).
+
     python benchmarks/bench_sampling.py [--preset digits config] [--device cpu] [--threads 1]
                                         [--num-samples 64] [--max-steps 5] [--channels-last]
-                                        [--precision auto]
+                                        [--precision auto] [--guidance-scale 3]
 """
 
 from __future__ import annotations
@@ -41,13 +45,18 @@ SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm++", 20))
 
 def sampling_seconds(
     model: torch.nn.Module, schedule: NoiseSchedule, sampler: str, steps: int, num_samples: int,
-    device: torch.device, max_steps: int | None, dtype: torch.dtype | None = None,
+    device: torch.device, max_steps: int | None, dtype: torch.dtype | None = None, guidance_scale: float = 1.0,
 ) -> tuple[float, int]:
     """Seconds for the whole reverse process under autocast ``dtype`` (extrapolated from
-    ``max_steps`` steps when given) and the number of steps actually run."""
+    ``max_steps`` steps when given) and the number of steps actually run. A conditional model
+    samples labels 0, 1, 2, ... guided by ``guidance_scale``."""
     shape = (model.in_channels, model.image_size, model.image_size)
     noise = NoiseStreams(0, range(num_samples), shape, device)
-    process = reverse_process(model, schedule, noise, sampler=sampler, steps=steps, autocast_dtype=dtype)
+    labels = torch.arange(num_samples, device=device) % model.num_classes if model.num_classes else None
+    process = reverse_process(
+        model, schedule, noise, sampler=sampler, steps=steps, autocast_dtype=dtype, labels=labels,
+        guidance_scale=guidance_scale,
+    )
     run = steps if max_steps is None else min(steps, max_steps)
     synchronize(device)
     start = time.perf_counter()
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="autocast precision, as inference.py --precision (default auto: bf16 on CUDA, else fp32)")
+    parser.add_argument("--guidance-scale", type=float,
+                        help="time class-conditional networks, unguided and guided by this scale (default: unconditional)")
     add_allocator_flag(parser)
     args = parser.parse_args(argv)
     if args.num_samples < 1 or (args.max_steps is not None and args.max_steps < 1):
@@ -79,19 +90,25 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args)
     print(f"{args.num_samples} images, {args.device}, {precision_name(dtype)}, {torch.get_num_threads()} thread(s)"
           f"{', channels-last' if args.channels_last else ''}{', freed host memory kept' if kept else ''}")
-    print("| preset | sampler | steps | seconds | ms per step |")
-    print("|---|---|---:|---:|---:|")
+    guided = args.guidance_scale is not None
+    scales = [1.0, args.guidance_scale] if guided else [1.0]
+    print("| preset | sampler | steps | guidance scale | seconds | ms per step |" if guided else
+          "| preset | sampler | steps | seconds | ms per step |")
+    print("|---|---|---:|---:|---:|---:|" if guided else "|---|---|---:|---:|---:|")
     for preset in args.preset:
         name, cfg = load_preset(preset)
-        model = UNet(**vars(cfg.model)).to(device).eval()
+        model = UNet(**{**vars(cfg.model), "num_classes": 10 if guided else 0}).to(device).eval()
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
         schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
         sampling_seconds(model, schedule, "ddim", 2, args.num_samples, device, None, dtype)  # warm-up
-        for sampler, steps in SAMPLERS:
-            total, run = sampling_seconds(model, schedule, sampler, steps, args.num_samples, device, args.max_steps, dtype)
+        for (sampler, steps), scale in itertools.product(SAMPLERS, scales):
+            total, run = sampling_seconds(
+                model, schedule, sampler, steps, args.num_samples, device, args.max_steps, dtype, scale
+            )
             seconds = f"{total:.1f}" + (f" (from {run} steps)" if run < steps else "")
-            print(f"| {name} | {sampler} | {steps} | {seconds} | {1e3 * total / steps:.1f} |", flush=True)
+            shown = f" {scale:g} |" if guided else ""
+            print(f"| {name} | {sampler} | {steps} |{shown} {seconds} | {1e3 * total / steps:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,228 @@
+"""Class- and attribute-conditional models and classifier-free guidance (Ho & Salimans 2022).
+
+The guided samplers are checked on a mixture of two Gaussians whose components are the labels:
+for x0 ~ N(mu_c, s^2 I) and x_t = a x0 + b eps, the exact conditional noise predictor is
+E[eps | x_t, c] = b (x_t - a mu_c) / (a^2 s^2 + b^2) (as in test_samplers.py), and the
+unconditional one is its average under the posterior weights p(c | x_t), proportional to
+p(c) N(x_t; a mu_c, (a^2 s^2 + b^2) I).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import randomize_
+from diffusion.conditioning import (
+    class_rows,
+    data_distribution,
+    drop_labels,
+    grid_conditions,
+    parse_attributes,
+    parse_classes,
+    sampling_conditions,
+)
+from diffusion.config import from_dict
+from diffusion.errors import ConfigError, UserError
+from diffusion.samplers import NoiseStreams, make_denoiser, reverse_process
+from diffusion.schedule import NoiseSchedule
+from models import UNet
+
+MEANS, S = (-0.4, 0.4), 0.5  # two overlapping components, equally likely
+TINY_MODEL = {"image_size": 8, "in_channels": 1, "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+              "attention_resolutions": [4], "norm_groups": 4, "dropout": 0.0}
+
+
+class MixtureOracle(nn.Module):
+    """The exact conditional/unconditional eps predictor of the two-Gaussian mixture; label 2 is null."""
+
+    num_classes, num_attributes = 2, 0
+
+    def __init__(self, schedule: NoiseSchedule, objective: str = "eps") -> None:
+        super().__init__()
+        self.in_channels, self.image_size, self.objective = 1, 2, objective
+        self.register_buffer("alpha_bar", schedule.alpha_bar.clone())
+        self.register_buffer("means", torch.tensor(MEANS, dtype=torch.float64))
+        self.anchor = nn.Parameter(torch.zeros(()))
+        self.calls: list[int] = []  # batch size of every call
+
+    def null_labels(self, batch: int, device) -> torch.Tensor:
+        return torch.full((batch,), 2, dtype=torch.long, device=device)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls.append(len(x))
+        ab = self.alpha_bar[t].to(x.dtype).view(-1, 1, 1, 1)
+        a, b = ab.sqrt(), (1 - ab).sqrt()
+        d = a * a * S**2 + b * b
+        mu = self.means.to(x.dtype).view(1, 2, 1, 1, 1)
+        eps_each = b.unsqueeze(1) * (x.unsqueeze(1) - a.unsqueeze(1) * mu) / d.unsqueeze(1)  # (B, 2, C, H, W)
+        log_weight = -((x.unsqueeze(1) - a.unsqueeze(1) * mu) ** 2).sum((2, 3, 4)) / (2 * d.view(-1, 1))
+        weights = log_weight.softmax(1)  # p(c | x_t)
+        labels = self.null_labels(len(x), x.device) if labels is None else labels
+        chosen = eps_each[torch.arange(len(x)), labels.clamp(max=1)]
+        eps = torch.where((labels == 2).view(-1, 1, 1, 1), (weights.view(-1, 2, 1, 1, 1) * eps_each).sum(1), chosen)
+        x0 = (x - b * eps) / a
+        return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[self.objective]
+
+
+def sample_mixture(sampler: str, steps: int, label: int, scale: float, n: int = 400) -> torch.Tensor:
+    schedule = NoiseSchedule(200, "cosine")
+    oracle = MixtureOracle(schedule).double()
+    noise = NoiseStreams(0, range(n), (1, 2, 2), "cpu")
+    labels = torch.full((n,), label)
+    *_, last = reverse_process(
+        oracle, schedule, lambda: noise().double(), sampler=sampler, steps=steps, clip_denoised=False,
+        labels=labels, guidance_scale=scale,
+    )
+    return last.x.mean((1, 2, 3))  # each sample's pixel mean: near its component's mean
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", 200), ("ddim", 50), ("dpm++", 20)])
+def test_guided_samplers_land_on_the_asked_component(sampler, steps):
+    for label, mu in enumerate(MEANS):
+        plain = sample_mixture(sampler, steps, label, 1.0)
+        guided = sample_mixture(sampler, steps, label, 3.0)
+        # S = 1 samples the component itself: mean mu, pixel-mean std s / 2 (4 pixels).
+        assert abs(plain.mean().item() - mu) < 0.06 and abs(plain.std().item() - S / 2) < 0.04
+        # S = 3 pushes every sample into the asked component, away from the other one.
+        assert ((guided * mu) > 0).float().mean() > 0.99
+        assert abs(guided.mean().item()) > abs(plain.mean().item()) + 0.05
+    unguided = sample_mixture(sampler, steps, 0, 0.0)  # S = 0: the unconditional mixture
+    assert abs(unguided.mean().item()) < 0.06 and 0.35 < (unguided > 0).float().mean() < 0.65
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_guidance_mixes_eps_for_every_objective_in_one_call(objective):
+    schedule = NoiseSchedule(200, "cosine", objective=objective)
+    oracle = MixtureOracle(schedule, objective).double()
+    x = torch.randn(5, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 0, 1, 1])
+    t = 120
+    cond = make_denoiser(oracle, schedule, False, labels=labels, guidance_scale=1.0)(x, t)
+    uncond = make_denoiser(oracle, schedule, False, labels=labels, guidance_scale=0.0)(x, t)
+    oracle.calls.clear()
+    x0, eps = make_denoiser(oracle, schedule, False, labels=labels, guidance_scale=2.5)(x, t)
+    assert oracle.calls == [10]  # both halves in one network call
+    torch.testing.assert_close(eps, uncond[1] + 2.5 * (cond[1] - uncond[1]))
+    torch.testing.assert_close(x0, schedule.x0_from_eps(x, torch.full((5,), t), eps))
+
+
+def test_scale_one_and_zero_are_the_plain_conditional_and_unconditional_networks():
+    model = randomize_(UNet(**TINY_MODEL, num_classes=3)).eval()
+    schedule = NoiseSchedule(50)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 2, 1, 1])
+    t = torch.full((4,), 30)
+    with torch.no_grad():
+        cond, uncond = model(x, t, labels), model(x, t, torch.full((4,), 3))
+    assert not torch.equal(cond, uncond)  # the labels matter
+    for scale, expected in ((1.0, cond), (0.0, uncond)):
+        _, eps = make_denoiser(model, schedule, clip_denoised=False, labels=labels, guidance_scale=scale)(x, 30)
+        assert torch.equal(eps, expected)
+    with torch.no_grad():
+        assert torch.equal(model(x, t), uncond)  # no labels: the null token
+
+
+def test_an_unconditional_network_has_no_label_parameters():
+    plain = UNet(**TINY_MODEL)
+    assert not plain.conditional and not any("label" in k for k in plain.state_dict())
+    classes = UNet(**TINY_MODEL, num_classes=10)
+    attributes = UNet(**TINY_MODEL, num_attributes=3)
+    assert classes.label_emb.num_embeddings == 11 and attributes.label_emb.num_embeddings == 9
+    assert set(classes.state_dict()) - set(plain.state_dict()) == {"label_emb.weight"}
+
+
+def test_attribute_embeddings_are_summed_per_attribute():
+    model = randomize_(UNet(**TINY_MODEL, num_attributes=2))
+    table = model.label_emb.weight
+    labels = torch.tensor([[1, 0], [2, 2]])  # (present, absent), (dropped, dropped)
+    expected = torch.stack([table[1] + table[3], table[2] + table[5]])
+    torch.testing.assert_close(model.label_embedding(labels), expected)
+
+
+def test_labels_are_dropped_at_the_configured_rate():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (40_000,), generator=g)
+    dropped = drop_labels(labels, 0.25, 10, g)
+    assert abs((dropped == 10).float().mean().item() - 0.25) < 0.01
+    assert torch.equal(dropped[dropped != 10], labels[dropped != 10])
+    attributes = drop_labels(torch.randint(0, 2, (40_000, 3), generator=g), 0.5, 2, g)
+    per_attribute = (attributes == 2).float().mean(0)
+    assert torch.allclose(per_attribute, torch.full((3,), 0.5), atol=0.01)
+    assert abs((attributes == 2).all(1).float().mean().item() - 0.125) < 0.01  # independent: 0.5^3
+    assert drop_labels(labels, 0.0, 10) is labels
+
+
+def test_class_and_attribute_specs():
+    names = ["cat", "dog", "fox"]
+    assert parse_classes("all", names) == [0, 1, 2]
+    assert parse_classes("2", names) == [2] and parse_classes("dog,0", names) == [1, 0]
+    for bad in ("3", "cow", "-1", ""):
+        with pytest.raises(UserError, match="--classes: unknown class"):
+            parse_classes(bad, names)
+    assert parse_attributes("Male=1,Smiling=0", ["Smiling", "Eyeglasses", "Male"]) == [0, 2, 1]
+    with pytest.raises(UserError, match="unknown attribute 'Blond_Hair'"):
+        parse_attributes("Blond_Hair=1", ["Smiling"])
+    with pytest.raises(UserError, match="expected Smiling=1 .* got 'Smiling=yes'"):
+        parse_attributes("Smiling=yes", ["Smiling"])
+    rows = class_rows([2, 0], names, 5)
+    assert rows.labels.tolist() == [2, 2, 2, 0, 0] and rows.row_length == 3
+    assert rows.record == {"classes": ["fox", "cat"], "samples_per_class": 3}
+
+
+def config(**sections):
+    raw = {"data": {"source": "digits", "image_size": 8}, "model": dict(TINY_MODEL), "diffusion": {"timesteps": 40},
+           "log": {"sample_steps": 10}, "sample": {"steps": 10}}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return from_dict(raw)
+
+
+def test_sampling_conditions_default_to_every_class_and_refuse_the_wrong_flag():
+    classes = config(model={"num_classes": 3}, data={"class_names": ["a", "b", "c"]})
+    assert sampling_conditions(classes, 6).labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert grid_conditions(classes, 7).row_length == 3
+    attributes = config(data={"source": "celeba", "attributes": ["Smiling", "Male"]}, model={"in_channels": 3})
+    assert sampling_conditions(attributes, 2, attributes="Male=0").labels.tolist() == [[2, 0], [2, 0]]
+    assert grid_conditions(attributes, 8).labels.tolist() == [[0, 0]] * 2 + [[0, 1]] * 2 + [[1, 0]] * 2 + [[1, 1]] * 2
+    plain = config()
+    assert sampling_conditions(plain, 4) is None and grid_conditions(plain, 4) is None
+    with pytest.raises(UserError, match="--classes: the model is unconditional"):
+        sampling_conditions(plain, 4, classes="1")
+    with pytest.raises(UserError, match="--classes: the model is conditioned on attributes"):
+        sampling_conditions(attributes, 4, classes="1")
+    with pytest.raises(UserError, match="--attributes: the model is conditioned on classes"):
+        sampling_conditions(classes, 4, attributes="Smiling=1")
+
+
+def test_fid_labels_follow_the_data():
+    labels = torch.cat([torch.zeros(900), torch.ones(100)]).long().numpy()
+    drawn = data_distribution(labels, 5000, seed=0)
+    assert abs(drawn.float().mean().item() - 0.1) < 0.015
+    assert torch.equal(drawn, data_distribution(labels, 5000, seed=0))
+
+
+@pytest.mark.parametrize(("sections", "message"), [
+    ({"model": {"num_classes": -1}}, "model.num_classes: expected a value >= 0"),
+    ({"data": {"attributes": ["Smiling"]}}, "only data.source celeba has attributes"),
+    ({"data": {"source": "celeba", "attributes": ["Male", "Male"]}, "model": {"in_channels": 3}}, "'Male' is listed twice"),
+    ({"data": {"source": "celeba", "attributes": ["Male"]}, "model": {"in_channels": 3, "num_classes": 2}},
+     "a model conditions on one of them"),
+    ({"data": {"source": "celeba"}, "model": {"in_channels": 3, "num_classes": 2}}, "CelebA has no classes"),
+    ({"data": {"class_names": ["a"]}, "model": {"num_classes": 2}}, "data.class_names has 1 names but model.num_classes is 2"),
+    ({"train": {"cond_drop_prob": 1.0}}, r"train.cond_drop_prob: expected a value in \[0, 1\)"),
+])
+def test_bad_conditioning_configs_are_one_line_errors(sections, message):
+    with pytest.raises(ConfigError, match=message):
+        config(**sections)
+
+
+def test_model_gets_the_attribute_count_from_the_data_section():
+    from diffusion.trainer import build_model
+
+    cfg = config(data={"source": "celeba", "attributes": ["Smiling", "Male", "Eyeglasses"]}, model={"in_channels": 3})
+    assert build_model(cfg).num_attributes == 3 and cfg.conditional
+    assert build_model(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, attributes=[]))).label_emb is None
