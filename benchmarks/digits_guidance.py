@@ -29,7 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.digits_quality import ClassifierFeatures, DigitClassifier, digits_data, trained_classifier  # noqa: E402
+from benchmarks.digits_quality import (  # noqa: E402
+    ClassifierFeatures,
+    DigitClassifier,
+    digits_data,
+    trained_classifier,
+)
 from diffusion.conditioning import class_rows  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.fid import compare_image_sets  # noqa: E402

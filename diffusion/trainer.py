@@ -44,9 +44,15 @@ from tqdm import tqdm
 
 from diffusion import distributed
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, write_atomic
-from diffusion.config import Config, TrainConfig
 from diffusion.conditioning import data_distribution, drop_labels, grid_conditions, null_value
-from diffusion.data import BatchIterator, Labels, channels_of, prepare_dataset, prepare_labeled_dataset
+from diffusion.config import Config, TrainConfig
+from diffusion.data import (
+    BatchIterator,
+    Labels,
+    channels_of,
+    prepare_dataset,
+    prepare_labeled_dataset,
+)
 from diffusion.device import autocast_dtype, compile_network, resolve_device, tune_host_allocator
 from diffusion.ema import EMA
 from diffusion.errors import CheckpointError, ConfigError

@@ -10,12 +10,24 @@ p(c) N(x_t; a mu_c, (a^2 s^2 + b^2) I).
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
+from conftest import ROOT, randomize_, subprocess_env
+from test_data import fake_celeba, save_image
+from test_inference import fails, read_png, sample
+from test_train import tiny
 from torch import nn
 
-from conftest import randomize_
+from diffusion.checkpoint import save_checkpoint
 from diffusion.conditioning import (
     class_rows,
     data_distribution,
@@ -25,10 +37,13 @@ from diffusion.conditioning import (
     parse_classes,
     sampling_conditions,
 )
-from diffusion.config import from_dict
-from diffusion.errors import ConfigError, UserError
+from diffusion.config import DataConfig, from_dict
+from diffusion.data import BatchIterator, prepare_dataset, prepare_labeled_dataset
+from diffusion.errors import ConfigError, DataError, UserError
+from diffusion.generate import load_model
 from diffusion.samplers import NoiseStreams, make_denoiser, reverse_process
 from diffusion.schedule import NoiseSchedule
+from diffusion.trainer import build_model, train
 from models import UNet
 
 MEANS, S = (-0.4, 0.4), 0.5  # two overlapping components, equally likely
@@ -80,7 +95,7 @@ def sample_mixture(sampler: str, steps: int, label: int, scale: float, n: int = 
     return last.x.mean((1, 2, 3))  # each sample's pixel mean: near its component's mean
 
 
-@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", 200), ("ddim", 50), ("dpm++", 20)])
+@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", 100), ("ddim", 50), ("dpm++", 20)])
 def test_guided_samplers_land_on_the_asked_component(sampler, steps):
     for label, mu in enumerate(MEANS):
         plain = sample_mixture(sampler, steps, label, 1.0)
@@ -221,8 +236,197 @@ def test_bad_conditioning_configs_are_one_line_errors(sections, message):
 
 
 def test_model_gets_the_attribute_count_from_the_data_section():
-    from diffusion.trainer import build_model
-
     cfg = config(data={"source": "celeba", "attributes": ["Smiling", "Male", "Eyeglasses"]}, model={"in_channels": 3})
     assert build_model(cfg).num_attributes == 3 and cfg.conditional
     assert build_model(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, attributes=[]))).label_emb is None
+
+
+# Labels from every source ------------------------------------------------------------------
+
+
+def test_digit_labels_are_their_targets(tmp_path):
+    from sklearn.datasets import load_digits
+
+    images, labels = prepare_labeled_dataset(DataConfig(source="digits", root=str(tmp_path), image_size=8))
+    assert labels.names == [str(d) for d in range(10)] and len(images) == 1797
+    np.testing.assert_array_equal(labels.values, load_digits().target)
+
+
+def test_cifar10_labels_and_class_names_come_from_torchvision(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(CIFAR10, "_load_meta", lambda self: setattr(self, "classes", names))
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 2, 3 * 32 * 32), dtype=np.uint8)
+    for i in range(5):
+        with open(folder / f"data_batch_{i + 1}", "wb") as f:
+            pickle.dump({"data": pixels[i], "labels": [i, 9 - i]}, f)
+    images, labels = prepare_labeled_dataset(DataConfig(source="cifar10", root=str(tmp_path), image_size=16))
+    assert labels.names == names and images.shape == (10, 16, 16, 3)
+    assert labels.values.tolist() == [0, 9, 1, 8, 2, 7, 3, 6, 4, 5]
+
+
+def test_folder_classes_are_sorted_subfolders_aligned_with_the_cache(tmp_path):
+    colours = {"dog": (0, 0, 255), "cat": (255, 0, 0)}
+    for name, count in (("dog", 2), ("cat", 3)):
+        for i in range(count):
+            save_image(tmp_path / name / ("deep" if i == 1 else "") / f"{i}.png", np.full((6, 6, 3), colours[name], np.uint8))
+    (tmp_path / "cat" / "0-broken.png").write_bytes(b"not an image")  # skipped: the labels must skip it too
+    data = DataConfig(source="folder", root=str(tmp_path), image_size=4, num_workers=0)
+    for _ in range(2):  # building the cache, then reading it
+        images, labels = prepare_labeled_dataset(data)
+        assert labels.names == ["cat", "dog"] and len(images) == 5
+        red = images[:, 0, 0, 0] > 128
+        np.testing.assert_array_equal(labels.values, np.where(red, 0, 1))
+    assert prepare_dataset(data).shape == (5, 4, 4, 3)
+
+
+def test_a_flat_folder_has_no_classes(tmp_path):
+    save_image(tmp_path / "sub" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    save_image(tmp_path / "b.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match=r"needs one subfolder of images per class, but 1 image\(s\) lie directly in it \(first: b.png\)"):
+        prepare_labeled_dataset(DataConfig(source="folder", root=str(tmp_path), image_size=4, num_workers=0))
+
+
+def write_attributes(root: Path) -> None:
+    """list_attr_celeba.txt for fake_celeba's six images: Smiling = odd index, Male = index > 2."""
+    rows = [f"{i:06d}.jpg {1 if i % 2 else -1} {1 if i > 2 else -1} -1" for i in range(1, 7)]
+    (root / "celeba" / "list_attr_celeba.txt").write_text("6\nSmiling Male Eyeglasses\n" + "\n".join(rows) + "\n")
+
+
+def test_celeba_attributes_come_from_the_attribute_file(tmp_path):
+    fake_celeba(tmp_path)
+    write_attributes(tmp_path)
+    data = DataConfig(source="celeba", root=str(tmp_path), image_size=8, num_workers=0, attributes=["Male", "Smiling"])
+    images, labels = prepare_labeled_dataset(data)
+    assert len(images) == 4 and labels.names == ["Male", "Smiling"]  # the four train images
+    assert labels.values.tolist() == [[0, 1], [0, 0], [1, 1], [1, 0]]
+    with pytest.raises(DataError, match="no attribute 'Blond_Hair' .*valid: Smiling, Male, Eyeglasses"):
+        prepare_labeled_dataset(dataclasses.replace(data, attributes=["Blond_Hair"]))
+
+
+def test_labels_follow_their_images_through_shards_and_resume():
+    images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1) * 5
+    labels = np.arange(40) * 3
+    seen = []
+    for rank in range(2):
+        batches = BatchIterator(images, 4, seed=3, rank=rank, world_size=2, random_flip=True, labels=labels)
+        for _ in range(7):
+            x, y = next(batches)
+            pixel_index = ((x.flatten() + 1) * 127.5 / 5).round().long()
+            assert torch.equal(y, pixel_index * 3)
+            seen.append((rank, y.tolist()))
+        state = batches.state_dict()
+        batches.close()
+        resumed = BatchIterator(images, 4, seed=3, rank=rank, world_size=2, labels=labels)
+        resumed.load_state_dict(state)
+        fresh = BatchIterator(images, 4, seed=3, rank=rank, world_size=2, labels=labels)
+        for _ in range(7):
+            next(fresh)
+        assert torch.equal(next(resumed)[1], next(fresh)[1])
+        resumed.close()
+        fresh.close()
+
+
+# Training and sampling end to end ----------------------------------------------------------
+
+
+def test_training_drops_labels_at_cond_drop_prob_and_stores_the_class_names(tmp_path, monkeypatch):
+    seen: list[torch.Tensor] = []
+    embed = UNet.label_embedding
+    monkeypatch.setattr(UNet, "label_embedding", lambda self, labels: seen.append(labels.clone()) or embed(self, labels))
+    run = train(tiny(tmp_path, "model.num_classes=10", "train.cond_drop_prob=0.5", "train.batch_size=200",
+                     "train.steps=2", "log.sample_every=2", "log.sample_count=20", "log.sample_steps=2"))
+    train_labels = torch.cat(seen[:2])  # the two training steps; then the sample grid's
+    assert abs((train_labels == 10).float().mean().item() - 0.5) < 0.08
+    grid_labels = seen[2]
+    assert grid_labels.tolist() == [d for d in range(10) for _ in range(2)]  # one row per class
+    loaded = load_model(run)
+    assert loaded.config.data.class_names == [str(d) for d in range(10)] and loaded.model.num_classes == 10
+    assert "class_names" in (run / "config.yaml").read_text()
+    seen.clear()
+    train(tiny(tmp_path, "model.num_classes=10", "train.cond_drop_prob=0", "train.steps=1", run="no-drop"))
+    assert not (seen[0] == 10).any()
+
+
+def test_training_refuses_labels_that_do_not_fit_the_config(tmp_path):
+    with pytest.raises(ConfigError, match="model.num_classes is 3 but data.source 'digits' has 10 classes .*set model.num_classes=10"):
+        train(tiny(tmp_path, "model.num_classes=3", "train.steps=1"))
+    names = "[" + ",".join("abcdefghij") + "]"
+    with pytest.raises(ConfigError, match="data.class_names .* differ from the data's classes"):
+        train(tiny(tmp_path, "model.num_classes=10", f"data.class_names={names}", "train.steps=1", run="names"))
+
+
+@pytest.fixture(scope="module")
+def class_run(tmp_path_factory) -> Path:
+    """A folder-of-classes run (cat, dog) trained for one step."""
+    root = tmp_path_factory.mktemp("classes")
+    for name in ("cat", "dog"):
+        for i in range(4):
+            save_image(root / "images" / name / f"{i}.png", np.full((6, 6, 3), 40 * i, np.uint8))
+    return train(tiny(root, "model.num_classes=2", "data.source=folder", f"data.root={root / 'images'}",
+                      "model.in_channels=3", "data.num_workers=0", "train.steps=1", "sample.steps=3"))
+
+
+ATTRIBUTES = {"data": {"source": "celeba", "attributes": ["Smiling", "Male"]}, "model": {"in_channels": 3}}
+
+
+def untrained_checkpoint(path: Path, **sections) -> Path:
+    """A hand-made checkpoint of an untrained model of ``config(**sections)``."""
+    cfg = config(**sections)
+    state = build_model(cfg).state_dict()
+    save_checkpoint({"model": state, "ema": state, "step": 0, "config": cfg.to_dict()}, path)
+    return path
+
+
+@pytest.mark.slow
+def test_class_names_round_trip_and_select_samples(class_run, tmp_path):
+    record = sample(class_run, tmp_path / "dog", "--classes", "dog,0", "--num-samples", "3", "--guidance-scale", "2",
+                    "--video", "none")
+    assert record["classes"] == ["dog", "cat"] and record["samples_per_class"] == 2 and record["guidance_scale"] == 2.0
+    default = sample(class_run, tmp_path / "all", "--num-samples", "8", "--video", "gif", "--frames", "2")
+    assert default["classes"] == ["cat", "dog"] and default["guidance_scale"] == 1.0
+    assert read_png(tmp_path / "all" / "grid.png").shape[:2] == (2 + 2 * 10, 2 + 4 * 10)  # a row of four per class
+    height, width = iio.imread(tmp_path / "all" / "denoise.gif", index=0).shape[:2]
+    assert 42 * height == 22 * width  # the animation's frames have the same rows (enlarged)
+    cli = subprocess.run([sys.executable, "inference.py", "--checkpoint", str(class_run), "--out", str(tmp_path / "cli"),
+                          "--classes", "cat", "--num-samples", "2", "--video", "none"],
+                         cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads((tmp_path / "cli" / "samples.json").read_text())["classes"] == ["cat"]
+
+
+def test_attribute_models_sample_the_listed_attributes(tmp_path):
+    checkpoint = untrained_checkpoint(tmp_path / "attributes.pt", **ATTRIBUTES)
+    record = sample(checkpoint, tmp_path / "out", "--attributes", "Male=1", "--num-samples", "2", "--steps", "2",
+                    "--video", "none")
+    assert record["attributes"] == {"Male": 1} and record["guidance_scale"] == 1.0
+
+
+def test_plain_models_record_no_guidance(tmp_path):
+    record = sample(untrained_checkpoint(tmp_path / "plain.pt"), tmp_path / "out", "--num-samples", "2", "--steps", "2", "--video", "none")
+    assert "guidance_scale" not in record and "classes" not in record
+
+
+@pytest.mark.parametrize(("model", "flags", "expected"), [
+    ("classes", ["--classes", "cow"], "--classes: unknown class 'cow'; the model has 2: indices 0-1 or names cat, dog"),
+    ("classes", ["--classes", "2"], "--classes: unknown class '2'"),
+    ("classes", ["--attributes", "Smiling=1"], "--attributes: the model is conditioned on classes"),
+    ("attributes", ["--classes", "1"], "--classes: the model is conditioned on attributes"),
+    ("attributes", ["--attributes", "Blond_Hair=1"], "--attributes: unknown attribute 'Blond_Hair'; the model has Smiling, Male"),
+    ("attributes", ["--attributes", "Male=2"], "--attributes: expected Male=1 .* got 'Male=2'"),
+    ("plain", ["--classes", "1"], "--classes: the model is unconditional"),
+    ("plain", ["--guidance-scale", "2"], "--guidance-scale: the model is unconditional"),
+])
+def test_bad_conditioning_flags_are_one_line_errors(model, flags, expected, class_run, tmp_path, capsys):
+    checkpoint = {
+        "classes": class_run,
+        "plain": untrained_checkpoint(tmp_path / "plain.pt"),
+        "attributes": untrained_checkpoint(tmp_path / "attributes.pt", **ATTRIBUTES),
+    }[model]
+    err = fails(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), *flags], capsys)
+    assert re.search(expected, err), err
+    assert not (tmp_path / "out").exists()
