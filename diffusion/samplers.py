@@ -170,7 +170,7 @@ def make_denoiser(
     channels_last = uses_channels_last(model)
     if labels is not None and guidance_scale == 0:
         labels = unwrap(model).null_labels(len(labels), labels.device)  # the unconditional model, exactly
-    guided = labels is not None and guidance_scale != 1
+    guided = labels is not None and guidance_scale not in (0, 1)
     if guided:
         assert labels is not None
         both_labels = torch.cat([labels, unwrap(model).null_labels(len(labels), labels.device)])

@@ -279,6 +279,26 @@ def test_sampling_benchmark_runs_under_autocast(tmp_path, capsys, monkeypatch):
     assert runs == [(False, torch.bfloat16)] * 4
 
 
+def test_sampling_benchmark_times_guided_steps_as_one_call_on_a_doubled_batch(tmp_path, capsys, monkeypatch):
+    batches = []
+    forward = bench_sampling.UNet.forward
+
+    def spy(self, x, t, labels=None):
+        batches.append((len(x), labels is not None))
+        return forward(self, x, t, labels)
+
+    monkeypatch.setattr(bench_sampling.UNet, "forward", spy)
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    bench_sampling.main(["--preset", str(preset), "--threads", "1", "--num-samples", "3", "--max-steps", "1",
+                         "--guidance-scale", "4"])
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| tiny")]
+    assert [(r[1], r[3]) for r in rows] == [(s, g) for s in ("ddpm", "ddim", "dpm++") for g in ("1", "4")]
+    # A warm-up (2 steps), then per sampler one unguided and one guided step.
+    assert batches == [(3, True)] * 2 + [(3, True), (6, True)] * 3
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
 def test_allocator_benchmark_compares_the_two_settings_in_fresh_processes(capsys):

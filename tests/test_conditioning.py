@@ -134,9 +134,12 @@ def test_scale_one_and_zero_are_the_plain_conditional_and_unconditional_networks
     with torch.no_grad():
         cond, uncond = model(x, t, labels), model(x, t, torch.full((4,), 3))
     assert not torch.equal(cond, uncond)  # the labels matter
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
     for scale, expected in ((1.0, cond), (0.0, uncond)):
         _, eps = make_denoiser(model, schedule, clip_denoised=False, labels=labels, guidance_scale=scale)(x, 30)
         assert torch.equal(eps, expected)
+    assert calls == [4, 4]  # one plain network call each
     with torch.no_grad():
         assert torch.equal(model(x, t), uncond)  # no labels: the null token
 

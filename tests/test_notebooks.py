@@ -142,6 +142,9 @@ def test_modules_notebook_counts_every_parameter_of_the_celeba_model(tmp_path):
     assert "the output has the input's shape: (1, 3, 64, 64)" in text
     assert re.search(r"q, k, v each\s+\(1, 1, 256, 256\)", text)  # one head of 256 channels, 16 x 16 tokens
     assert list((tmp_path / "Data" / "cache").glob("digits-*.npy"))
+    # Guidance: S = 0 and S = 1 are one plain call each, S = 3 one call on a doubled batch.
+    assert "network input of each call (S = 0, 1, 3): [(1, 3, 64, 64), (1, 3, 64, 64), (2, 3, 64, 64)]" in text
+    assert float(re.search(r"largest difference (\S+)", text).group(1)) < 1e-5
 
 
 @pytest.mark.slow
