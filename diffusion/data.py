@@ -17,6 +17,11 @@ Sources (``data.source``):
 * ``folder``: every jpg/jpeg/png/webp/bmp under ``data.root`` (recursively; ``cache/`` excluded),
   centre-cropped to a square and resized;
 * ``digits``: scikit-learn's bundled 8x8 digits (1797 images, 1 channel), upsampled bilinearly.
+
+Conditional runs also take labels (:func:`prepare_labeled_dataset`): digit targets, CIFAR-10
+classes, a folder's class subfolders or CelebA attributes. Labels are computed from the same file
+listing as the cache; when unreadable files were skipped, the indices of the kept ones are saved
+next to the cache (``<name>-kept.npy``) so that labels stay aligned with the cached images.
 """
 
 from __future__ import annotations
