@@ -1,18 +1,25 @@
 """The DDPM U-Net (Ho et al. appendix B): a Wide-ResNet U-Net with sinusoidal time embeddings.
 
-``UNet(**cfg.model)`` builds it from a config's ``model:`` section; ``model(x, t)`` maps images
-x (B, C, H, W) and integer timesteps t (B,) to a prediction of the same shape as x.
+``build_model(cfg)`` builds it from a config's ``model:`` section, for training and sampling
+alike; ``model(x, t)`` maps images x (B, C, H, W) and integer timesteps t (B,) to a prediction of
+the same shape as x.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attention import SpatialSelfAttention, group_norm
+from diffusion.errors import ConfigError
+
+if TYPE_CHECKING:
+    from diffusion.config import Config
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -201,3 +208,11 @@ class UNet(nn.Module):
             else:
                 h = module(torch.cat([h, skips.pop()], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def build_model(cfg: Config) -> UNet:
+    """The U-Net of ``cfg.model``; an architecture the network cannot build is a :class:`ConfigError`."""
+    try:
+        return UNet(**dataclasses.asdict(cfg.model))
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None

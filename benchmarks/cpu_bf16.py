@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,21 +37,19 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.digits_quality import (  # noqa: E402
+from benchmarks.digits_quality import (
     DigitClassifier,
     digits_data,
     quality,
     sampler_options,
     trained_classifier,
-)  # noqa: E402
-from diffusion.config import load_config  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.generate import load_model  # noqa: E402
-from diffusion.samplers import generate_from  # noqa: E402
-from diffusion.trainer import train  # noqa: E402
+)
+from diffusion.cli import config_path
+from diffusion.config import load_config
+from diffusion.errors import UserError, run_cli
+from diffusion.generate import load_model
+from diffusion.samplers import generate_from
+from diffusion.trainer import train
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -109,7 +106,7 @@ def logged_losses(run_dir: Path) -> dict[int, float]:
 
 
 def train_run(precision: str, seed: int, steps: int, out: Path, emulate: bool, root: str) -> Path:
-    cfg = load_config(ROOT / "Configs" / "digits.yaml", [f"data.root={root}",
+    cfg = load_config(config_path("digits"), [f"data.root={root}",
         f"train.steps={steps}", f"train.seed={seed}", f"train.precision={precision}",
         f"train.checkpoint_every={steps}", "log.sample_every=0", f"log.log_every={min(50, steps)}",
         f"log.root={out}", f"log.run_name={precision}-seed{seed}",

@@ -19,14 +19,13 @@ import numpy as np
 import torch
 
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
-from diffusion.config import Config, SampleConfig, from_dict
+from diffusion.config import Config, SampleConfig, check_sampling, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
-from diffusion.trainer import build_model
-from models import UNet
+from models import UNet, build_model
 
 VIDEO_FORMATS = ("mp4", "gif", "none")
 
@@ -100,18 +99,6 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
     return LoadedModel(model, schedule, config, int(state["step"]), path, key)
 
 
-def check_options(options: SampleConfig, timesteps: int) -> None:
-    """Raise a one-line :class:`UserError` for sampling options the samplers cannot run."""
-    for name in ("num_samples", "batch_size", "steps", "frames", "fps"):
-        value = getattr(options, name)
-        if value < 1:
-            raise UserError(f"sample.{name}: expected a positive integer, got {value}")
-    if options.steps > timesteps:
-        raise UserError(f"sample.steps (--steps): {options.steps} is more than the model's diffusion.timesteps ({timesteps})")
-    if not 0.0 <= options.eta <= 1.0:
-        raise UserError(f"sample.eta (--eta): expected a value in [0, 1], got {options.eta}")
-
-
 def sample_with_animation(
     model: torch.nn.Module,
     schedule: NoiseSchedule,
@@ -171,7 +158,7 @@ def write_samples(
     network is compiled by :func:`~diffusion.device.compile_network` (its compilation counts in
     the sampling time; on CUDA replayed as CUDA graphs, activations channels-last).
     Returns the samples (N, C, H, W) in [-1, 1] and that record."""
-    check_options(options, loaded.schedule.timesteps)
+    check_sampling(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
     out_dir = Path(out_dir)
