@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compile", action="store_true",
         help="torch.compile the network first: a minute or two of compilation, then faster steps"
-        " (on CUDA replayed as CUDA graphs: network calls 2.2x faster on an H200 in bf16); worth it for long runs such as --fid",
+        " (on CUDA replayed as CUDA graphs); worth it for long runs such as --fid",
     )
     p.add_argument("--out", type=Path, help="output folder (default: <run>/samples/<timestamp>/)")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")

@@ -92,10 +92,9 @@ def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour upsampling by 2: each pixel of x (B, C, H, W) becomes a 2x2 block.
 
     ``F.interpolate``, except while torch.compile traces the network for a CUDA device: there
-    inductor lowers interpolate's backward to a scatter-add (0.35 ms of a 22 ms CIFAR-10 training
-    step on an H200), while the broadcast view gives the same values and a backward that is a
-    fused sum per 2x2 block (1.04x the step). Eager mode, and inductor's CPU code (whose broadcast
-    copy is 10x slower than its interpolate), keep ``F.interpolate``.
+    inductor lowers interpolate's backward to a scatter-add, while the broadcast view gives the
+    same values and a backward that is a fused sum per 2x2 block. Eager mode and inductor's CPU
+    code are faster with ``F.interpolate`` (docs/results.md#upsampling-on-cuda).
     """
     if x.is_cuda and torch.compiler.is_compiling():
         return broadcast_nearest_2x(x)

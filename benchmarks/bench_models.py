@@ -56,7 +56,7 @@ from diffusion.errors import UserError, run_cli
 from diffusion.schedule import NoiseSchedule
 from models import UNet
 
-# Batch sizes of the table in the README: small on a CPU, a training batch on a GPU.
+# Batch sizes of the tables in docs/results.md: small on a CPU, a training batch on a GPU.
 PRESET_BATCH = {
     "cpu": {"ddpm_cifar10": 8, "digits": 64, "config": 4},
     "cuda": {"ddpm_cifar10": 128, "digits": 64, "config": 64},
@@ -187,7 +187,7 @@ def set_up_allocator(args: argparse.Namespace, device: torch.device) -> bool:
 
 
 def preset_batch(preset: str, cfg: Config, device: torch.device) -> int:
-    """The README table's batch for a preset name; a YAML path (even one named ``config.yaml``)
+    """The results tables' batch for a preset name; a YAML path (even one named ``config.yaml``)
     uses its own ``train.batch_size``."""
     return PRESET_BATCH[device.type].get(preset, cfg.train.batch_size)
 
@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
                         "channels_last+compile (default: fp32 bf16 channels_last; compiling takes minutes on a CPU)")
     parser.add_argument("--diffusers-modes", nargs="+", type=Mode.parse, default=None, metavar="MODE",
                         help="the modes in which diffusers runs too (default: all; fp32 always)")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     add_allocator_flag(parser)
     args = parser.parse_args(argv)
     unknown = {m.name for m in args.diffusers_modes or []} - {m.name for m in args.modes} - {"fp32"}

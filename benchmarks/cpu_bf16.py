@@ -9,14 +9,14 @@ the preset's own sampler in a digit classifier's feature space), sampled in the 
 precision and, with ``--cross-sample``, also in the other one: that tells a quality difference
 made by training from one made by sampling.
 
-On a CPU without bf16 instructions oneDNN runs bf16 through slow fallback kernels (a digits
-training step takes 5 s instead of 0.4 s), so ``--kernels auto`` emulates them there: every
+On a CPU without bf16 instructions oneDNN runs bf16 through fallback kernels more than ten
+times slower than fp32 (docs/results.md#bf16-on-cpus), so ``--kernels auto`` emulates them there: every
 matrix product and convolution that autocast hands to bf16 is computed in fp32 from the same
 bf16-rounded inputs and its output rounded to bf16, which is bf16 arithmetic with fp32
 accumulation, as on bf16 hardware; everything else runs under the real autocast. Against the
 fallback kernels the emulation matches convolutions forward to the last bit; their linear layers
 (bias added after rounding), attention and convolution backward round once more inside, about
-one bf16 ulp (0.1-0.4%) apart (``tests/test_benchmarks.py``).
+one bf16 ulp apart (``tests/test_benchmarks.py``).
 
     python benchmarks/cpu_bf16.py [--steps 500] [--seeds 0 1 2] [--num-samples 500]
                                   [--kernels auto|emulated|native] [--out Models] [--root Data]
@@ -56,8 +56,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (x86: AVX-512 BF16 or AMX; Arm: the BF16
-    extension). Elsewhere oneDNN falls back to slow kernels: on an AVX2 core a digits training
-    step takes 12x as long in bf16 as in fp32."""
+    extension). Elsewhere oneDNN falls back to slow kernels (docs/results.md#bf16-on-cpus)."""
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()

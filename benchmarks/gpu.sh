@@ -17,8 +17,8 @@
 #             resumed to 400 under torchrun, then inference.py (DDPM, and DDIM compiled);
 #             grid.png and grid-compiled.png are kept.
 #
-# A cold torch.compile of a U-Net takes about 45 s per graph on an H200 host (training and
-# sampling are two), so the stages do not fit one 10-minute call: name the ones to run. Each stage has
+# A cold torch.compile of a U-Net takes most of a minute per graph (training and sampling are
+# two; docs/results.md#gpu-h200), so the stages do not fit one 10-minute call: name the ones to run. Each stage has
 # a time limit, cut so that the whole script ends within BUDGET seconds (default 560), and one
 # that fails does not stop the others. Logs go to OUTDIR (default out/gpu/), one per stage,
 # with each stage's exit status and time in summary.txt; the tables are printed last. The

@@ -69,10 +69,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this value (0: no clipping)
     ema_decay: float = 0.9999  # EMA decay; the effective decay is min(ema_decay, (1 + n) / (10 + n)) after n updates
     ema_every: int = 1  # update the EMA weights every this many steps
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, fp32 elsewhere (why: the README's 'bf16 on CPUs')
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, fp32 elsewhere (why: docs/results.md#bf16-on-cpus)
     compile: bool = False  # torch.compile the model (on CUDA its graph keeps activations channels-last; the model stays NCHW)
     cuda_graphs: bool = False  # with compile on CUDA: replay the compiled model as CUDA graphs (torch.compile mode reduce-overhead); no effect on other devices
-    channels_last: bool = False  # channels-last memory format for the model and batches (on CUDA it slowed training, eager and compiled)
+    channels_last: bool = False  # channels-last memory format for the model and batches (off by default: docs/results.md#gpu-h200)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto picks cuda, then mps, then cpu
     seed: int = 0  # seeds data order, noise, dropout and flips (each process adds its rank)
     checkpoint_every: int = 5000  # write checkpoints/step_XXXXXXX.pt and last.pt every this many steps

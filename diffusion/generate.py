@@ -68,8 +68,7 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
     The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
     or weights that do not fit the model the stored config describes, raise a one-line
     :class:`CheckpointError`. The weights are stored channels-last when the run trained so, and
-    always on the CPU, where that makes sampling faster (12-17% per step for the CIFAR-10 model,
-    ``benchmarks/bench_sampling.py --channels-last``; on a GPU in bf16 it was slower).
+    always on the CPU, where that makes sampling faster (docs/results.md#channels-last-sampling-on-cpu).
     """
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location="cpu")

@@ -154,7 +154,7 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay,
-            fused=self.device.type in ("cuda", "cpu"),  # one kernel for all parameters: 3-5x faster step on CPU
+            fused=self.device.type in ("cuda", "cpu"),  # one kernel for all parameters (docs/results.md#fused-adamw-on-cpu)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.schedule = NoiseSchedule.from_config(cfg.diffusion).to(self.device)
