@@ -14,33 +14,29 @@ sampler, and measures with the digit classifier of ``digits_quality.py``:
 samples are grouped for coverage by the class the classifier gives them.
 
     python benchmarks/digits_guidance.py --checkpoint Models/<run> [--baseline Models/<unconditional run>]
-                                         [--scales 0 1 2 3 5] [--num-samples 500]
+                                         [--scales 0 1 2 3 5] [--num-samples 500] [--threads N]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.digits_quality import (  # noqa: E402
+from benchmarks.digits_quality import (
     ClassifierFeatures,
     DigitClassifier,
     digits_data,
     trained_classifier,
 )
-from diffusion.conditioning import class_rows  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.fid import compare_image_sets  # noqa: E402
-from diffusion.generate import load_model  # noqa: E402
-from diffusion.media import to_uint8  # noqa: E402
-from diffusion.samplers import generate_from  # noqa: E402
+from diffusion.cli import Parser, add_threads_flag, positive_int, set_threads
+from diffusion.conditioning import class_rows
+from diffusion.errors import UserError, run_cli
+from diffusion.fid import compare_image_sets
+from diffusion.generate import load_model
+from diffusion.media import to_uint8
+from diffusion.samplers import generate_from
 
 NEIGHBOURS = 5  # k of the coverage metric (Naeem et al.'s default)
 
@@ -69,14 +65,16 @@ def guidance_metrics(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder of a class-conditional digits model")
     parser.add_argument("--baseline", help="checkpoint or run folder of an unconditional digits model to compare with")
     parser.add_argument("--scales", type=float, nargs="+", default=[0, 1, 2, 3, 5], help="guidance scales S")
-    parser.add_argument("--num-samples", type=int, default=500, help="samples per scale, an equal share per digit")
+    parser.add_argument("--num-samples", type=positive_int, default=500, help="samples per scale, an equal share per digit")
     parser.add_argument("--seed", type=int, default=1, help="seed of the samples (the same noise at every scale)")
     parser.add_argument("--root", default="Data", help="data root: the digits cache and the classifier live under it")
+    add_threads_flag(parser)
     args = parser.parse_args(argv)
+    set_threads(args.threads)
 
     loaded = load_model(args.checkpoint)
     cfg = loaded.config

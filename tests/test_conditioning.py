@@ -43,8 +43,8 @@ from diffusion.errors import ConfigError, DataError, UserError
 from diffusion.generate import load_model
 from diffusion.samplers import NoiseStreams, make_denoiser, reverse_process
 from diffusion.schedule import NoiseSchedule
-from diffusion.trainer import build_model, train
-from models import UNet
+from diffusion.trainer import train
+from models import UNet, build_model
 
 MEANS, S = (-0.4, 0.4), 0.5  # two overlapping components, equally likely
 TINY_MODEL = {"image_size": 8, "in_channels": 1, "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
