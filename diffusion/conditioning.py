@@ -103,15 +103,17 @@ def sampling_conditions(cfg: Config, num_samples: int, classes: str | None = Non
 
 
 def grid_conditions(cfg: Config, count: int) -> Conditions | None:
-    """The labels of a training-time sample grid of ``count`` images: one row per class, or per
-    attribute combination (the first ``MAX_GRID_ROWS`` in binary order); None if unconditional."""
+    """The labels of a training-time sample grid of about ``count`` images: full rows of
+    ``count // rows`` images (at least one), one row per class, or per attribute combination (the
+    first ``MAX_GRID_ROWS`` in binary order); None for an unconditional model."""
     if cfg.model.num_classes:
-        return class_rows(list(range(cfg.model.num_classes)), cfg.data.class_names, count)
+        rows = cfg.model.num_classes
+        return class_rows(list(range(rows)), cfg.data.class_names, max(1, count // rows) * rows)
     if not cfg.data.attributes:
         return None
     combos = list(itertools.islice(itertools.product((0, 1), repeat=len(cfg.data.attributes)), MAX_GRID_ROWS))
-    per_row = math.ceil(count / len(combos))
-    labels = torch.tensor(combos).repeat_interleave(per_row, dim=0)[:count]
+    per_row = max(1, count // len(combos))
+    labels = torch.tensor(combos).repeat_interleave(per_row, dim=0)
     return Conditions(labels, per_row, {"attributes": cfg.data.attributes})
 
 

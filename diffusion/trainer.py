@@ -452,8 +452,9 @@ class Trainer:
         from diffusion.samplers import generate_from
 
         conditions = grid_conditions(self.cfg, self.cfg.log.sample_count)
+        count = len(conditions.labels) if conditions is not None else self.cfg.log.sample_count
         images = generate_from(
-            self.ema.module, self.schedule, self.cfg.preview_sampling(self.cfg.log.sample_count),
+            self.ema.module, self.schedule, self.cfg.preview_sampling(count),
             device=self.device, autocast_dtype=self.amp_dtype,
             labels=conditions.labels if conditions is not None else None,
         )

@@ -202,10 +202,11 @@ def config(**sections):
 def test_sampling_conditions_default_to_every_class_and_refuse_the_wrong_flag():
     classes = config(model={"num_classes": 3}, data={"class_names": ["a", "b", "c"]})
     assert sampling_conditions(classes, 6).labels.tolist() == [0, 0, 1, 1, 2, 2]
-    assert grid_conditions(classes, 7).row_length == 3
+    grid = grid_conditions(classes, 7)  # full rows: two images per class
+    assert grid.labels.tolist() == [0, 0, 1, 1, 2, 2] and grid.row_length == 2
     attributes = config(data={"source": "celeba", "attributes": ["Smiling", "Male"]}, model={"in_channels": 3})
     assert sampling_conditions(attributes, 2, attributes="Male=0").labels.tolist() == [[2, 0], [2, 0]]
-    assert grid_conditions(attributes, 8).labels.tolist() == [[0, 0]] * 2 + [[0, 1]] * 2 + [[1, 0]] * 2 + [[1, 1]] * 2
+    assert grid_conditions(attributes, 9).labels.tolist() == [[0, 0]] * 2 + [[0, 1]] * 2 + [[1, 0]] * 2 + [[1, 1]] * 2
     plain = config()
     assert sampling_conditions(plain, 4) is None and grid_conditions(plain, 4) is None
     with pytest.raises(UserError, match="--classes: the model is unconditional"):
@@ -342,7 +343,7 @@ def test_training_drops_labels_at_cond_drop_prob_and_stores_the_class_names(tmp_
     embed = UNet.label_embedding
     monkeypatch.setattr(UNet, "label_embedding", lambda self, labels: seen.append(labels.clone()) or embed(self, labels))
     run = train(tiny(tmp_path, "model.num_classes=10", "train.cond_drop_prob=0.5", "train.batch_size=200",
-                     "train.steps=2", "log.sample_every=2", "log.sample_count=20", "log.sample_steps=2"))
+                     "train.steps=2", "log.sample_every=2", "log.sample_count=25", "log.sample_steps=2"))
     train_labels = torch.cat(seen[:2])  # the two training steps; then the sample grid's
     assert abs((train_labels == 10).float().mean().item() - 0.5) < 0.08
     grid_labels = seen[2]
