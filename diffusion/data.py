@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from diffusion.checkpoint import write_atomic
+from diffusion.atomic import remove_stale, write_atomic
 from diffusion.config import DataConfig
 from diffusion.errors import DataError
 
@@ -110,7 +110,7 @@ def _open_cache(path: Path, size: int) -> np.ndarray:
 
 def _save_atomic(path: Path, images: np.ndarray) -> None:
     """``np.save`` through :func:`write_atomic`: a crash never leaves a half-written cache."""
-    write_atomic(path, lambda f: np.save(f, images))
+    write_atomic(path, lambda f: np.save(f, images), needed=images.nbytes)
 
 
 def _load_image(path: Path, size: int, box: tuple[int, int, int, int] | None) -> tuple[np.ndarray | None, str]:

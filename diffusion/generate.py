@@ -22,7 +22,8 @@ from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
 from diffusion.config import Config, SampleConfig, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
-from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
+from diffusion.atomic import atomic_path
+from diffusion.media import image_grid, save_animation, save_png, to_uint8
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
 from diffusion.trainer import build_model
