@@ -20,7 +20,6 @@ from typing import BinaryIO
 
 from diffusion.errors import UserError
 
-
 FULL = 1 << 20  # bytes free below which a failed write is taken for a full disk
 
 
