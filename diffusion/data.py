@@ -178,13 +178,16 @@ def _imap(fn: Callable[[Any], Any], items: list[Any], workers: int) -> Iterator[
     if workers == 0:
         yield map(fn, items)
         return
-    # The workers start with SIGINT blocked (a signal mask survives exec): Ctrl-C reaches only
-    # this process, which stops the pool, instead of printing a traceback from every worker.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # The workers start with SIGINT ignored (an ignored signal stays ignored across exec, and
+    # Python then keeps it so): Ctrl-C stops only this process, which ends the pool, instead of
+    # printing a traceback from every worker.
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         pool = multiprocessing.get_context("spawn").Pool(workers)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if main:
+            signal.signal(signal.SIGINT, handler)
     with pool:
         yield pool.imap(fn, items, chunksize=max(1, min(256, len(items) // (8 * workers))))
 
