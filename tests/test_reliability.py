@@ -4,6 +4,7 @@ Every case ends in a finished run or in one line ``error: ...`` with exit code 2
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -184,14 +185,17 @@ def test_an_empty_cache_file_is_one_line_and_stale_temporaries_go(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_while_the_cache_is_built_is_one_line(tmp_path):
-    folder = image_folder(tmp_path / "images", 400)
+    folder = image_folder(tmp_path / "images", 8)
+    Image.new("RGB", (3000, 3000), (40, 80, 120)).save(folder / "large.png")  # slow to decode, small on disk
+    for i in range(60):
+        shutil.copy(folder / "large.png", folder / f"large{i}.png")
     process = subprocess.Popen(
         [sys.executable, "train.py", "--config", DIGITS, *TINY, *folder_overrides(folder), "data.num_workers=2",
          f"log.root={tmp_path / 'Models'}", "log.run_name=run"],
         cwd=ROOT, env=subprocess_env(), stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     seen = ""
-    while "preparing" not in seen:
+    while not re.search(r"preparing .* [1-9]\d*/69 ", seen):  # the workers are up and decoding
         chunk = process.stderr.read(1)
         assert chunk, seen
         seen += chunk
