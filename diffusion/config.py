@@ -97,7 +97,7 @@ class SampleConfig:
 @dataclass
 class LogConfig:
     root: str = "Models"  # parent folder of run folders
-    run_name: str = ""  # run folder name; empty: <config file stem>-<timestamp>
+    run_name: str = ""  # run folder name; empty: <config file stem>-<timestamp>-<random suffix>
     log_every: int = 100  # TensorBoard scalars and progress-bar refresh every this many steps
     sample_every: int = 5000  # EMA sample grid to TensorBoard and samples/ every this many steps (0: never)
     sample_count: int = 16  # images in that grid
