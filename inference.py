@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from diffusion.cli import Parser, add_device_flag, add_threads_flag, positive_int, set_threads
 from diffusion.device import PRECISIONS, resolve_device, tune_host_allocator
 from diffusion.errors import UserError, run_cli
 from diffusion.generate import (
@@ -27,21 +28,6 @@ from diffusion.generate import (
     write_samples,
 )
 from diffusion.samplers import SAMPLERS
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit code 2, like every other user error
-        raise UserError(message)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def check_memory(num_samples: int, model: torch.nn.Module) -> None:
@@ -59,28 +45,29 @@ def check_memory(num_samples: int, model: torch.nn.Module) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (its checkpoints/last.pt)")
-    p.add_argument("--num-samples", type=_positive_int, help="images to generate (default: sample.num_samples)")
-    p.add_argument("--batch-size", type=_positive_int, help="images per network call (default: sample.batch_size)")
+    p.add_argument("--num-samples", type=positive_int, help="images to generate (default: sample.num_samples)")
+    p.add_argument("--batch-size", type=positive_int, help="images per network call (default: sample.batch_size)")
     p.add_argument("--sampler", choices=SAMPLERS, help="reverse process (default: sample.sampler)")
-    p.add_argument("--steps", type=_positive_int, help="network evaluations, at most T (default: sample.steps)")
+    p.add_argument("--steps", type=positive_int, help="network evaluations, at most T (default: sample.steps)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default: sample.eta)")
     p.add_argument("--seed", type=int, help="seed; sample i always gets noise stream (seed, i) (default: sample.seed)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    add_device_flag(p)
+    add_threads_flag(p)
     p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default: train.precision)")
     p.add_argument(
         "--compile", action="store_true",
         help="torch.compile the network first: a minute or two of compilation, then faster steps"
-        " (on CUDA replayed as CUDA graphs: network calls 2.2x faster on an H200 in bf16); worth it for long runs such as --fid",
+        " (on CUDA replayed as CUDA graphs); worth it for long runs such as --fid",
     )
     p.add_argument("--out", type=Path, help="output folder (default: <run>/samples/<timestamp>/)")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png (it shows at most the first 256 or so samples)")
     p.add_argument("--save-images", action="store_true", help="write every sample to images/000000.png, ...")
     p.add_argument("--video", choices=VIDEO_FORMATS, default="mp4", help="denoising animation format (default: mp4)")
-    p.add_argument("--frames", type=_positive_int, help="frames of the animation (default: sample.frames)")
-    p.add_argument("--fps", type=_positive_int, help="frames per second of the animation (default: sample.fps)")
+    p.add_argument("--frames", type=positive_int, help="frames of the animation (default: sample.frames)")
+    p.add_argument("--fps", type=positive_int, help="frames per second of the animation (default: sample.fps)")
     p.add_argument(
         "--fid", action="store_true",
         help="also compute FID and KID of the samples against the training data; needs the 'fid' extra;"
@@ -91,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    set_threads(args.threads)
     device = resolve_device(args.device, "--device")
     tune_host_allocator(device)
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)

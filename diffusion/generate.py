@@ -21,14 +21,13 @@ import torch
 
 from diffusion.atomic import atomic_path
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
-from diffusion.config import Config, SampleConfig, check_seed, from_dict
+from diffusion.config import Config, SampleConfig, check_sampling, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import image_grid, save_animation, save_png, to_uint8
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
-from diffusion.trainer import build_model
-from models import UNet
+from models import UNet, build_model
 
 VIDEO_FORMATS = ("mp4", "gif", "none")
 GRID_SAMPLES = 256  # the grid and the animation show about this many samples at most (see chunk_size)
@@ -72,8 +71,7 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
     The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
     or weights that do not fit the model the stored config describes, raise a one-line
     :class:`CheckpointError`. The weights are stored channels-last when the run trained so, and
-    always on the CPU, where that makes sampling faster (12-17% per step for the CIFAR-10 model,
-    ``benchmarks/bench_sampling.py --channels-last``; on a GPU in bf16 it was slower).
+    always on the CPU, where that makes sampling faster (docs/results.md#channels-last-sampling-on-cpu).
     """
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
@@ -101,19 +99,6 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
         model = model.to(memory_format=torch.channels_last)
     schedule = NoiseSchedule.from_config(config.diffusion).to(device)
     return LoadedModel(model, schedule, config, int(state["step"]), path, key)
-
-
-def check_options(options: SampleConfig, timesteps: int) -> None:
-    """Raise a one-line :class:`UserError` for sampling options the samplers cannot run."""
-    for name in ("num_samples", "batch_size", "steps", "frames", "fps"):
-        value = getattr(options, name)
-        if value < 1:
-            raise UserError(f"sample.{name}: expected a positive integer, got {value}")
-    if options.steps > timesteps:
-        raise UserError(f"sample.steps (--steps): {options.steps} is more than the model's diffusion.timesteps ({timesteps})")
-    if not 0.0 <= options.eta <= 1.0:
-        raise UserError(f"sample.eta (--eta): expected a value in [0, 1], got {options.eta}")
-    check_seed(options.seed, "sample.seed (--seed)")
 
 
 def sample_with_animation(
@@ -179,7 +164,7 @@ def write_samples(
     Samples are made and written in chunks of :func:`chunk_size` images, so any count streams to
     disk in bounded memory; the grid and the animation show the first chunk. Returns every sample
     as uint8 (N, C, H, W) when ``keep`` (else None), and the record."""
-    check_options(options, loaded.schedule.timesteps)
+    check_sampling(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
     out_dir = Path(out_dir)

@@ -98,12 +98,13 @@ def test_an_encoder_failure_reaches_the_atomic_write(tmp_path, monkeypatch, mess
     assert not out.parent.exists() or os.listdir(out.parent) == []
 
 
+@pytest.mark.slow
 def test_files_follow_the_umask(tmp_path):
     """Checkpoints, config.yaml, the data cache and sample grids: 0640 under umask 027, not mkstemp's 0600."""
     done = subprocess.run(
         [sys.executable, "train.py", "--config", DIGITS, *TINY, f"log.root={tmp_path}", "log.run_name=run",
          f"data.root={tmp_path / 'Data'}", "train.steps=1", "log.sample_every=1", "log.sample_steps=2"],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0o027),
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o027),
     )
     assert done.returncode == 0, done.stderr
     files = [tmp_path / "run" / "config.yaml", tmp_path / "run" / "checkpoints" / "last.pt",
@@ -118,12 +119,13 @@ def fill(disk: Path, leave: int) -> None:
     (disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(disk).free - leave))
 
 
+@pytest.mark.slow
 def test_a_full_disk_when_sampling_is_one_line_and_leaves_no_broken_video(tiny_run, small_disk):  # noqa: F811
     fill(small_disk, 24_000)  # room for grid.png, not for the video
     done = subprocess.run(
         [sys.executable, "inference.py", "--checkpoint", str(tiny_run), "--out", str(small_disk / "out"),
          "--num-samples", "64", "--frames", "20", "--batch-size", "64"],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     line = one_line_error(done)
     assert "no space left on device" in line and str(small_disk / "out") in line
@@ -137,7 +139,7 @@ def test_a_full_disk_when_checkpointing_or_caching_is_one_line(tmp_path, small_d
     checkpoint = subprocess.run(
         [sys.executable, *common, "model.base_channels=32", "model.norm_groups=8",
          f"log.root={small_disk}", f"data.root={tmp_path / 'Data'}"],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     line = one_line_error(checkpoint)
     assert f"{small_disk / 'run' / 'checkpoints' / 'step_0000001.pt'}: no space left on device" in line
@@ -145,7 +147,7 @@ def test_a_full_disk_when_checkpointing_or_caching_is_one_line(tmp_path, small_d
     cache = subprocess.run(
         [sys.executable, *common, "data.image_size=16", "model.image_size=16",
          f"log.root={tmp_path / 'Models'}", f"data.root={small_disk}"],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     line = one_line_error(cache)
     assert "no space left on device" in line and str(small_disk / "cache") in line and "needs about 0.5 MB" in line

@@ -34,7 +34,7 @@ def start(*args: str) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
-    _, err = process.communicate(timeout=180)
+    _, err = process.communicate(timeout=300)
     return process.returncode, err
 
 
@@ -86,14 +86,15 @@ def test_resume_from_a_checkpoint_outside_a_run_folder_starts_a_new_one(tmp_path
     assert f"continuing it in a new run folder {new_run}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_run_that_failed_before_its_first_checkpoint_can_be_rerun(tmp_path, capsys):
     args = ["--config", DIGITS, *TINY, f"log.root={tmp_path}", "log.run_name=run", f"data.root={tmp_path / 'Data'}",
             "train.steps=3", "train.warmup_steps=0"]
-    done = cli(*args, "train.lr=1e30")
+    done = cli(*args, "train.lr=1e30", timeout=300)
     assert done.returncode == 1 and "non-finite" in done.stderr and not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
-    resumed = cli(*args, "--resume")
+    resumed = cli(*args, "--resume", timeout=300)
     assert "before its first checkpoint; start it again without --resume" in error_line(resumed.returncode, resumed.stderr)
-    again = cli(*args)
+    again = cli(*args, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "reusing this run folder" in again.stderr and load_checkpoint(tmp_path / "run")["step"] == 3
     assert len(list((tmp_path / "run" / "tensorboard").iterdir())) == 1  # the failed start's events are gone
@@ -200,7 +201,7 @@ def test_ctrl_c_while_the_cache_is_built_is_one_line(tmp_path):
         assert chunk, seen
         seen += chunk
     os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to every process of the group
-    _, rest = process.communicate(timeout=120)
+    _, rest = process.communicate(timeout=300)
     assert process.returncode == 130 and "aborted" in rest
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
 
@@ -238,7 +239,7 @@ def test_a_huge_sample_count_streams_instead_of_allocating_it(tiny_run, tmp_path
         cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not (out / "images" / "000300.png").exists():
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline
@@ -247,3 +248,11 @@ def test_a_huge_sample_count_streams_instead_of_allocating_it(tiny_run, tmp_path
     finally:
         process.kill()
         process.wait()
+
+
+def test_fid_of_more_samples_than_memory_holds_is_refused_before_sampling(tiny_run, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(diffusion.generate, "generate_from", lambda *a, **k: pytest.fail("sampled first"))
+    with pytest.raises(UserError, match=r"--fid with --num-samples 1000000000000 holds 64000\.0 GB of samples"):
+        inference.main(["--checkpoint", str(tiny_run), "--fid", "--num-samples", str(10**12)])
+    with pytest.raises(UserError, match="sample.seed: expected a seed from 0 to 4294967295, got -5"):
+        inference.main(["--checkpoint", str(tiny_run), "--seed", "-5"])
