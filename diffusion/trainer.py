@@ -16,9 +16,10 @@ The run folder ``<log.root>/<log.run_name>/`` holds ``config.yaml`` (the resolve
 ``last.pt``), ``tensorboard/`` and ``samples/step_XXXXXXX.png``, and ``.ddpm-run``: the mark of a
 folder this project made, and a lock held while a run writes there. A new run claims its folder
 atomically and refuses an existing one (unless it is a run folder without any checkpoint, left by
-a run that failed before its first: that one is reused); ``resume`` continues one. A checkpoint holds everything the next step depends on
-(weights, EMA, optimizer, scaler, data position, every process's RNG states), so on the CPU a
-run stopped after N steps and resumed for N more ends bitwise-identical to 2N uninterrupted steps.
+a run that failed before its first: that one is reused); ``resume`` continues one. A checkpoint
+holds everything the next step depends on (weights, EMA, optimizer, scaler, data position, every
+process's RNG states), so on the CPU a run stopped after N steps and resumed for N more ends
+bitwise-identical to 2N uninterrupted steps.
 """
 
 from __future__ import annotations
