@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -132,14 +133,19 @@ def sample_with_animation(
 
 
 def default_out_dir(checkpoint: Path) -> Path:
-    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``."""
+    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``,
+    made here: two runs started in the same second get two folders (``<timestamp>-2``, ...)."""
     run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out, n = run / "samples" / stamp, 1
-    while out.exists():
-        n += 1
-        out = run / "samples" / f"{stamp}-{n}"
-    return out
+    (run / "samples").mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        out = run / "samples" / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            out.mkdir()  # atomic: exactly one caller makes it
+            return out
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def write_samples(

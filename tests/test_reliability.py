@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, subprocess_env
 from PIL import Image
-from test_inference import checkpoint_of, tiny_run  # noqa: F401 - a fixture
+from test_inference import tiny_run  # noqa: F401 - a fixture
 from test_train import DIGITS, TINY, cli, folder_overrides, image_folder, tiny
 
 import diffusion.generate
@@ -25,6 +25,7 @@ from diffusion.checkpoint import load_checkpoint
 from diffusion.config import DataConfig, load_config
 from diffusion.data import _load_image, prepare_dataset
 from diffusion.errors import CheckpointError, ConfigError, DataError, UserError
+from diffusion.generate import default_out_dir
 from diffusion.trainer import train
 
 
@@ -256,3 +257,9 @@ def test_fid_of_more_samples_than_memory_holds_is_refused_before_sampling(tiny_r
         inference.main(["--checkpoint", str(tiny_run), "--fid", "--num-samples", str(10**12)])
     with pytest.raises(UserError, match="sample.seed: expected a seed from 0 to 4294967295, got -5"):
         inference.main(["--checkpoint", str(tiny_run), "--seed", "-5"])
+
+
+def test_default_sample_folders_are_claimed_so_runs_in_one_second_never_share(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    first, second = default_out_dir(checkpoint), default_out_dir(checkpoint)
+    assert first != second and first.is_dir() and second.is_dir() and first.parent == tmp_path / "run" / "samples"
