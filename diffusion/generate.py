@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffusion.atomic import atomic_path
 from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
 from diffusion.conditioning import Conditions, sampling_conditions
 from diffusion.config import Config, SampleConfig, check_sampling, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
-from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
+from diffusion.media import image_grid, save_animation, save_png, to_uint8
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
 from models import UNet, build_model
 
 VIDEO_FORMATS = ("mp4", "gif", "none")
+GRID_SAMPLES = 256  # the grid and the animation show about this many samples at most (see chunk_size)
 
 
 @dataclass
@@ -108,11 +112,13 @@ def sample_with_animation(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-    conditions: Conditions | None = None,
+    labels: torch.Tensor | None = None,
+    nrow: int | None = None,
 ) -> tuple[torch.Tensor, list[np.ndarray]]:
     """``options.num_samples`` images (N, C, H, W) in [-1, 1], and ``num_frames`` grids (H, W, C)
     uint8 of the samples at the reverse steps chosen by :func:`animation_steps` (none when 0).
-    A conditional model samples under ``conditions`` (its grid rows are the frames' rows too)."""
+    A conditional model samples sample i under ``labels[i]``; the grids have ``nrow`` columns
+    (None: square-ish)."""
     shown = animation_steps(timestep_sequence(schedule.timesteps, options.steps), num_frames) if num_frames else []
     wanted = set(shown)
     states: dict[int, torch.Tensor] = {}
@@ -126,22 +132,26 @@ def sample_with_animation(
     images = generate_from(
         model, schedule, options,
         device=device, autocast_dtype=autocast_dtype, progress=progress, on_step=record if shown else None,
-        labels=conditions.labels if conditions is not None else None,
+        labels=labels,
     )
-    nrow = conditions.row_length if conditions is not None else None
     grids = {index: image_grid(pixels, nrow) for index, pixels in states.items()}
     return images, [grids[index] for index in shown]
 
 
 def default_out_dir(checkpoint: Path) -> Path:
-    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``."""
+    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``,
+    made here: two runs started in the same second get two folders (``<timestamp>-2``, ...)."""
     run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out, n = run / "samples" / stamp, 1
-    while out.exists():
-        n += 1
-        out = run / "samples" / f"{stamp}-{n}"
-    return out
+    (run / "samples").mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        out = run / "samples" / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            out.mkdir()  # atomic: exactly one caller makes it
+            return out
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def write_samples(
@@ -155,37 +165,63 @@ def write_samples(
     video: str = "mp4",
     progress: bool = False,
     compile: bool = False,
+    keep: bool = False,
     conditions: Conditions | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """Sample from ``loaded`` and write into ``out_dir``: ``grid.png``, ``images/000000.png`` ...
     (with ``save_images``), ``denoise.mp4`` / ``.gif`` (``video``; ``options.frames`` frames at
     ``options.fps``, the final image held a second) and ``samples.json``. With ``compile`` the
     network is compiled by :func:`~diffusion.device.compile_network` (its compilation counts in
     the sampling time; on CUDA replayed as CUDA graphs, activations channels-last). A conditional
     model samples under ``conditions`` (default: :func:`sampling_conditions`, every class in
-    order), guided by ``options.guidance_scale``; both are recorded. Returns the samples (N, C, H, W) in [-1, 1] and that record."""
+    order, one grid row each), guided by ``options.guidance_scale``; both are recorded.
+
+    Samples are made and written in chunks of :func:`chunk_size` images, so any count streams to
+    disk in bounded memory; the grid and the animation show the first chunk. Returns every sample
+    as uint8 (N, C, H, W) when ``keep`` (else None), and the record."""
     check_sampling(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: is a file; expected an output folder (--out)")
     if conditions is None:
         conditions = sampling_conditions(loaded.config, options.num_samples)
+    labels = conditions.labels if conditions is not None else None
+    nrow = conditions.row_length if conditions is not None else None
     device = next(loaded.model.parameters()).device
     dtype = autocast_dtype(precision, device)
     started = time.perf_counter()
     model = compile_network(loaded.model, device) if compile else loaded.model
-    images, frames = sample_with_animation(
-        model, loaded.schedule, options, options.frames if video != "none" else 0,
-        device=device, autocast_dtype=dtype, progress=progress, conditions=conditions,
-    )
-    sampling_seconds = time.perf_counter() - started
+    chunk = chunk_size(options.batch_size)
     files: list[Path] = []
-    if grid:
-        files.append(save_png(image_grid(images, conditions.row_length if conditions else None), out_dir / "grid.png"))
+    kept: list[torch.Tensor] = []
+    frames: list[np.ndarray] = []
+    sampling_seconds = 0.0
+    for first in range(0, options.num_samples, chunk):
+        part = dataclasses.replace(options, num_samples=min(chunk, options.num_samples - first))
+        part_labels = labels[first : first + part.num_samples] if labels is not None else None
+        begun = started if first == 0 else time.perf_counter()
+        if first == 0:
+            images, frames = sample_with_animation(
+                model, loaded.schedule, part, options.frames if video != "none" else 0,
+                device=device, autocast_dtype=dtype, progress=progress, labels=part_labels, nrow=nrow,
+            )
+        else:
+            images = generate_from(
+                model, loaded.schedule, part, first=first, device=device, autocast_dtype=dtype, progress=progress,
+                labels=part_labels,
+            )
+        sampling_seconds += time.perf_counter() - begun
+        pixels = to_uint8(images)
+        if first == 0 and grid:
+            files.append(save_png(image_grid(pixels, nrow), out_dir / "grid.png"))
+        if save_images:
+            for i, picture in enumerate(pixels.permute(0, 2, 3, 1).numpy(), start=first):
+                save_png(picture, out_dir / "images" / f"{i:06d}.png")
+        if keep:
+            kept.append(pixels)
     if save_images:
-        pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
-        for i, picture in enumerate(pixels):
-            save_png(picture, out_dir / "images" / f"{i:06d}.png")
         files.append(out_dir / "images")
     if frames:
         files.append(save_animation(frames, out_dir / f"denoise.{video}", fps=options.fps))
@@ -206,9 +242,16 @@ def write_samples(
         "sampling_seconds": round(sampling_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "files": [str(f.relative_to(out_dir)) for f in files],
+        "grid_samples": min(chunk, options.num_samples),
     }
     write_record(record, out_dir)
-    return images, record
+    return (torch.cat(kept) if keep else None), record
+
+
+def chunk_size(batch_size: int) -> int:
+    """Samples made and written at a time: the smallest multiple of ``batch_size`` (so batches are
+    those of one long run) that is at least ``GRID_SAMPLES``."""
+    return batch_size * math.ceil(GRID_SAMPLES / batch_size)
 
 
 def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
