@@ -316,9 +316,9 @@ def test_generate_from_passes_every_sampling_option(monkeypatch):
     calls = []
     monkeypatch.setattr(diffusion.samplers, "generate", lambda *args, **kwargs: calls.append((args, kwargs)))
     options = SampleConfig(sampler="ddim", steps=7, eta=0.3, ddpm_variance="beta_tilde", clip_denoised=False,
-                           num_samples=5, batch_size=2, seed=9)
+                           num_samples=5, batch_size=2, seed=9, guidance_scale=2.5)
     diffusion.samplers.generate_from("model", "schedule", options, device="cpu")
     ((args, kwargs),) = calls
     assert args == ("model", "schedule", 5)
     assert kwargs == dict(sampler="ddim", steps=7, eta=0.3, seed=9, batch_size=2, clip_denoised=False,
-                          ddpm_variance="beta_tilde", device="cpu")
+                          ddpm_variance="beta_tilde", guidance_scale=2.5, device="cpu")
