@@ -3,9 +3,11 @@
     python inference.py --checkpoint Models/<run>            # the run's checkpoints/last.pt
     python inference.py --checkpoint Models/<run>/checkpoints/step_0100000.pt --sampler ddim --steps 50
     python inference.py --checkpoint Models/<run> --num-samples 10000 --sampler dpm++ --steps 20 --fid
+    python inference.py --checkpoint google/ddpm-celebahq-256 --sampler dpm++ --steps 25 --num-samples 4
 
 Defaults come from the checkpoint's ``sample:`` config section; flags override them. Files go to
-``Models/<run>/samples/<timestamp>/`` unless ``--out`` is given.
+``Models/<run>/samples/<timestamp>/`` (imported weights: ``Models/<name>/samples/...``) unless
+``--out`` is given.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from diffusion.device import PRECISIONS, resolve_device, tune_host_allocator
-from diffusion.errors import UserError, run_cli
+from diffusion.errors import CliParser, UserError, run_cli
 from diffusion.generate import (
     VIDEO_FORMATS,
     default_out_dir,
@@ -24,11 +26,6 @@ from diffusion.generate import (
     write_samples,
 )
 from diffusion.samplers import SAMPLERS
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit code 2, like every other user error
-        raise UserError(message)
 
 
 def _positive_int(text: str) -> int:
@@ -42,8 +39,9 @@ def _positive_int(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (its checkpoints/last.pt)")
+    p = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, a run folder (its checkpoints/last.pt), a diffusers folder,"
+                   " or a Hugging Face Hub id such as google/ddpm-cifar10-32[@revision]")
     p.add_argument("--num-samples", type=_positive_int, help="images to generate (default: sample.num_samples)")
     p.add_argument("--batch-size", type=_positive_int, help="images per network call (default: sample.batch_size)")
     p.add_argument("--sampler", choices=SAMPLERS, help="reverse process (default: sample.sampler)")
@@ -88,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         from diffusion.fid import fid_of_samples, inception_extractor
 
         extractor = inception_extractor(device)
-    out_dir = args.out if args.out is not None else default_out_dir(loaded.path)
-    print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.weights} weights)")
+    out_dir = args.out if args.out is not None else default_out_dir(loaded)
+    if loaded.name:
+        print(f"weights {loaded.source} (converted: {loaded.path})")
+    else:
+        print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.weights} weights)")
     print(
         f"sampling {options.num_samples} images: {options.sampler}, {options.steps} steps, seed {options.seed}, "
         f"on {device}",

@@ -46,6 +46,7 @@ class ModelConfig:
     dropout: float = 0.1  # dropout inside residual blocks
     norm_groups: int = 32  # GroupNorm groups; must divide every block's channel count
     scale_shift: bool = False  # time conditioning as GroupNorm scale and shift (improved-diffusion) instead of an added bias
+    downsample_padding: Literal["symmetric", "tf_same"] = "symmetric"  # zero padding of the stride-2 downsampling convs: a pixel on every side, or TensorFlow 'SAME' (right and bottom only, as the paper's released weights)
 
 
 @dataclass

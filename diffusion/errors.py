@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -30,3 +31,10 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are :class:`UserError`: one line and exit code 2 via :func:`run_cli`."""
+
+    def error(self, message: str) -> None:
+        raise UserError(message)

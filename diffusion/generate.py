@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
+from diffusion.checkpoint import load_checkpoint
 from diffusion.config import Config, SampleConfig, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
+from diffusion.pretrained import resolve
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
 from diffusion.trainer import build_model
@@ -38,9 +39,11 @@ class LoadedModel:
     model: UNet
     schedule: NoiseSchedule
     config: Config
-    step: int  # the training step the checkpoint was written at
-    path: Path  # the checkpoint file
-    weights: str  # "ema" or "model"
+    step: int  # the training step the checkpoint was written at (0 for imported weights)
+    path: Path  # the checkpoint file (for imported weights, their converted copy in the cache)
+    weights: str  # "ema" or "model", or "imported" for weights from a diffusers folder or the Hub
+    source: str = ""  # where the weights came from: the checkpoint, folder, or Hub id with its commit
+    name: str | None = None  # a short name of imported weights (their default output folder)
 
 
 def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
@@ -66,18 +69,21 @@ def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
 def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the network of a checkpoint (or a run folder's last.pt) from its stored config.
 
-    The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
+    ``checkpoint`` may also be a diffusers folder or a Hub id ``org/name[@revision]``
+    (:func:`diffusion.pretrained.resolve`: converted once, then loaded as a checkpoint from the
+    cache); such weights are a single set, so ``use_ema`` does not apply to them. The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
     or weights that do not fit the model the stored config describes, raise a one-line
     :class:`CheckpointError`. The weights are stored channels-last when the run trained so, and
     always on the CPU, where that makes sampling faster (12-17% per step for the CIFAR-10 model,
     ``benchmarks/bench_sampling.py --channels-last``; on a GPU in bf16 it was slower).
     """
-    path = resolve_checkpoint(checkpoint)
+    resolved = resolve(checkpoint)
+    path = resolved.path
     state = load_checkpoint(path, map_location="cpu")
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path}: its 'config' entry is not a mapping of config sections")
     config = from_dict(state["config"], source=f"{path}: stored config")
-    key = "ema" if use_ema else "model"
+    key = "ema" if use_ema or resolved.name else "model"
     weights = state.get(key)
     if not isinstance(weights, dict):
         hint = " (use --no-ema for the raw weights)" if use_ema else ""
@@ -97,7 +103,8 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
     if config.train.channels_last or torch.device(device).type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     schedule = NoiseSchedule.from_config(config.diffusion).to(device)
-    return LoadedModel(model, schedule, config, int(state["step"]), path, key)
+    kind = "imported" if resolved.name else key
+    return LoadedModel(model, schedule, config, int(state["step"]), path, kind, resolved.source, resolved.name)
 
 
 def check_options(options: SampleConfig, timesteps: int) -> None:
@@ -142,9 +149,14 @@ def sample_with_animation(
     return images, [grids[index] for index in shown]
 
 
-def default_out_dir(checkpoint: Path) -> Path:
-    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``."""
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+def default_out_dir(loaded: LoadedModel) -> Path:
+    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``;
+    ``<log.root>/<name>/samples/<timestamp>/`` for imported weights."""
+    checkpoint = loaded.path
+    if loaded.name:
+        run = Path(loaded.config.log.root) / loaded.name
+    else:
+        run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out, n = run / "samples" / stamp, 1
     while out.exists():
@@ -199,6 +211,7 @@ def write_samples(
         del settings["frames"], settings["fps"]
     record = {
         "checkpoint": str(loaded.path),
+        "source": loaded.source,
         "step": loaded.step,
         "weights": loaded.weights,
         **settings,
