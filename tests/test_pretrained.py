@@ -1,0 +1,413 @@
+"""diffusers folders and Hub ids as checkpoints, and export to DDPMPipeline folders.
+
+diffusers builds the reference models here: ``UNet2DModel`` at the block layouts of the paper's
+released models (``google/ddpm-cifar10-32``; the 256-pixel ``google/ddpm-{celebahq,church,
+bedroom,cat}-256``), shrunk only in widths and image size, with random non-zero weights so that no
+zero-initialised layer can hide a wrong mapping. Everything runs offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, randomize_, subprocess_env
+
+import inference
+from diffusion.checkpoint import save_checkpoint
+from diffusion.config import from_dict
+from diffusion.diffusers_format import ConversionError, model_section, schedule_sections
+from diffusion.errors import CheckpointError, run_cli
+from diffusion.export import export_pipeline
+from diffusion.export import main as export_main
+from diffusion.generate import load_model
+from diffusion.schedule import NoiseSchedule
+from models import UNet
+
+diffusers = pytest.importorskip("diffusers")
+
+# The released configs' keys, from the Hub (2022 uploads: no attention_head_dim means one head
+# since that default changed, so the Hub configs carry "attention_head_dim": null).
+PAPER = {"act_fn": "silu", "attention_head_dim": None, "center_input_sample": False, "downsample_padding": 0,
+         "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
+         "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "time_embedding_type": "positional"}
+LAYOUTS = {
+    # google/ddpm-cifar10-32: widths (128, 256, 256, 256), attention at 16 px.
+    "cifar10": {**PAPER, "sample_size": 32, "block_out_channels": [32, 64, 64, 64],
+                "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]},
+    # google/ddpm-*-256: widths (128, 128, 256, 256, 512, 512), attention at 16 px (level 4); here 64 px.
+    "256px": {**PAPER, "sample_size": 64, "block_out_channels": [32, 32, 64, 64, 128, 128],
+              "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+              "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4},
+}
+SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+             "variance_type": "fixed_large", "clip_sample": True}
+OLD_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "ddpm-cache"))
+
+
+def random_unet(config: dict) -> torch.nn.Module:
+    """A diffusers UNet2DModel whose every parameter is random and non-zero (norm scales near 1)."""
+    unet = diffusers.UNet2DModel(**config).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            fan_in = p[0].numel() if p.dim() > 1 else 4
+            p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    return unet
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory) -> dict[str, Path]:
+    """Each layout saved by ``DDPMPipeline.save_pretrained`` (unet/, scheduler/, model_index.json)."""
+    root = tmp_path_factory.mktemp("pipelines")
+    for name, config in LAYOUTS.items():
+        diffusers.DDPMPipeline(unet=random_unet(config), scheduler=diffusers.DDPMScheduler(**SCHEDULER)).save_pretrained(root / name)
+    return {name: root / name for name in LAYOUTS}
+
+
+def flat(pipeline: Path, dest: Path, scheduler: bool = True) -> Path:
+    """The 2022 Hub layout: the UNet's files and scheduler_config.json at the top."""
+    shutil.copytree(pipeline / "unet", dest)
+    if scheduler:
+        shutil.copy(pipeline / "scheduler" / "scheduler_config.json", dest)
+    return dest
+
+
+def with_old_attention_names(folder: Path) -> None:
+    """Rename the attention weights back to the pre-0.14 AttentionBlock names, as old uploads hold them."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    renamed = {}
+    for key, value in weights.items():
+        for new, old in OLD_NAMES.items():
+            if ".attentions." in key and f".{new}." in key:
+                key = key.replace(f".{new}.", f".{old}.")
+        renamed[key] = value
+    assert sum(".query." in k for k in renamed) > 0
+    save_file(renamed, path)
+
+
+def max_difference(unet: torch.nn.Module, ours: torch.nn.Module, size: int) -> float:
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 999])
+    with torch.no_grad():
+        expected = unet(x, t).sample
+        assert expected.abs().max() > 0.1  # a real signal, not a zero-initialised output
+        return (ours(x, t) - expected).abs().max().item()
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_pipeline_folder_imports_exactly(layout, pipelines):
+    loaded = load_model(pipelines[layout])
+    theirs = diffusers.UNet2DModel.from_pretrained(pipelines[layout], subfolder="unet").eval()
+    assert max_difference(theirs, loaded.model, LAYOUTS[layout]["sample_size"]) <= 1e-4
+    assert loaded.weights == "imported" and loaded.source == str(pipelines[layout].resolve())
+    m = loaded.config.model
+    assert m.downsample_padding == "tf_same" and m.num_heads == 1 and m.head_dim is None
+    assert m.attention_resolutions == [16 if layout == "cifar10" else 4]
+    assert loaded.config.sample.ddpm_variance == "beta" and loaded.config.sample.clip_denoised
+
+
+def test_the_flat_hub_layout_with_old_attention_names_imports_exactly(pipelines, tmp_path):
+    folder = flat(pipelines["cifar10"], tmp_path / "ddpm-cifar10-32")
+    with_old_attention_names(folder)
+    theirs = diffusers.UNet2DModel.from_pretrained(folder).eval()  # renames them on load
+    assert max_difference(theirs, load_model(folder).model, 32) <= 1e-4
+
+
+def test_a_bin_only_unet_folder_uses_the_default_scheduler_and_says_so(pipelines, tmp_path, capsys):
+    folder = flat(pipelines["256px"], tmp_path / "unet-only", scheduler=False)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(weights), folder / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    loaded = load_model(folder)
+    theirs = diffusers.UNet2DModel.from_pretrained(folder).eval()
+    assert max_difference(theirs, loaded.model, 64) <= 1e-4
+    assert "has no scheduler_config.json: using DDPMScheduler's defaults" in capsys.readouterr().err
+    assert loaded.config.sample.ddpm_variance == "beta_tilde"  # DDPMScheduler's fixed_small
+
+
+def test_the_conversion_is_cached_and_loads_as_fast_as_a_checkpoint(pipelines, tmp_path):
+    first = load_model(pipelines["cifar10"])
+    cached = list((tmp_path / "ddpm-cache" / "converted").glob("*.pt"))
+    assert cached == [first.path]
+    stamp = first.path.stat().st_mtime_ns
+    second = load_model(pipelines["cifar10"])
+    assert second.path == first.path and first.path.stat().st_mtime_ns == stamp  # not converted again
+    # Another folder (or changed files) gets its own entry.
+    other = flat(pipelines["cifar10"], tmp_path / "copy")
+    assert load_model(other).path != first.path
+
+
+def test_mixing_old_and_new_names_for_one_tensor_is_refused(pipelines, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = flat(pipelines["cifar10"], tmp_path / "mixed")
+    path = folder / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    key = next(k for k in weights if k.endswith("to_q.weight"))
+    save_file({**weights, key.replace("to_q", "query"): weights[key].clone()}, path)
+    with pytest.raises(CheckpointError, match=r"holds the same tensor under its old and new names, .*to_q.weight and .*query.weight"):
+        load_model(folder)
+
+
+def test_missing_and_unexpected_tensors_are_refused(pipelines, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = flat(pipelines["cifar10"], tmp_path / "odd")
+    path = folder / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    save_file({**weights, "extra.weight": torch.ones(1)}, path)
+    with pytest.raises(CheckpointError, match=r"1 tensors that this U-Net has no place for \(first: extra.weight\)"):
+        load_model(folder)
+    del weights["conv_out.bias"]
+    save_file(weights, path)
+    with pytest.raises(CheckpointError, match=r"has no conv_out.bias \(for our conv_out.bias\)"):
+        load_model(folder)
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>``: what a malicious .bin would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def fails(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: inference.main(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("case", ["pickle", "truncated_bin", "truncated_safetensors", "no_weights", "bad_json"])
+def test_unusable_weight_files_are_one_line_errors(case, pipelines, tmp_path, capsys):
+    folder = flat(pipelines["cifar10"], tmp_path / case)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    marker = tmp_path / "pwned"
+    if case in ("pickle", "truncated_bin", "no_weights"):
+        weights.unlink()
+    if case == "pickle":
+        torch.save({"conv_in.weight": _Payload(marker)}, folder / "diffusion_pytorch_model.bin")
+        expected = "refused: loading it could run code"
+    elif case == "truncated_bin":
+        torch.save({"conv_in.weight": torch.randn(64, 64)}, folder / "diffusion_pytorch_model.bin")
+        data = (folder / "diffusion_pytorch_model.bin").read_bytes()
+        (folder / "diffusion_pytorch_model.bin").write_bytes(data[: len(data) // 2])
+        expected = "truncated/corrupt"
+    elif case == "truncated_safetensors":
+        weights.write_bytes(weights.read_bytes()[:1000])
+        expected = "not a safetensors file, or truncated/corrupt"
+    elif case == "no_weights":
+        expected = "has config.json but no diffusion_pytorch_model.safetensors or diffusion_pytorch_model.bin"
+    else:
+        (folder / "config.json").write_text("{not json")
+        expected = "config.json: not a readable JSON file"
+    err = fails(["--checkpoint", str(folder), "--out", str(tmp_path / "out")], capsys)
+    assert expected in err and str(folder) in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"act_fn": "gelu"}, "act_fn='gelu' does not map"),
+        ({"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]}, "down_block_types=["),
+        ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}, "up_block_types=["),
+        ({"norm_eps": 1e-5}, "norm_eps=1e-05"),
+        ({"flip_sin_to_cos": True}, "flip_sin_to_cos=True"),
+        ({"freq_shift": 0}, "freq_shift=0"),
+        ({"downsample_padding": 2}, "downsample_padding=2"),
+        ({"time_embedding_type": "fourier"}, "time_embedding_type='fourier'"),
+        ({"out_channels": 6}, "out_channels=6"),
+        ({"block_out_channels": [32, 48, 64, 64]}, "block_out_channels=[32, 48, 64, 64]"),
+        ({"attention_head_dim": 24}, "attention_head_dim=24"),
+        ({"class_embed_type": "timestep"}, "class_embed_type='timestep'"),
+        ({"resnet_time_scale_shift": "scale_shift"}, "attn_norm_num_groups=None"),
+        ({"cross_attention_dim": 512}, "cross_attention_dim=512"),
+    ],
+)
+def test_unet_configs_that_do_not_map_are_refused(change, expected):
+    with pytest.raises(ConversionError, match="unet/config.json: ") as info:
+        model_section({**LAYOUTS["cifar10"], **change}, "unet/config.json")
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"_class_name": "DDIMScheduler"}, "_class_name='DDIMScheduler'"),
+        ({"variance_type": "learned_range"}, "variance_type='learned_range'"),
+        ({"trained_betas": [0.1, 0.2]}, "trained_betas=[0.1, 0.2]"),
+        ({"beta_schedule": "scaled_linear"}, "beta_schedule='scaled_linear'"),
+        ({"prediction_type": "flow"}, "prediction_type='flow'"),
+        ({"thresholding": True}, "thresholding=True"),
+        ({"clip_sample_range": 2.0}, "clip_sample_range=2.0"),
+        ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr=True"),
+    ],
+)
+def test_scheduler_configs_that_do_not_map_are_refused(change, expected):
+    with pytest.raises(ConversionError, match="scheduler_config.json: ") as info:
+        schedule_sections({"_class_name": "DDPMScheduler", **SCHEDULER, **change}, "scheduler_config.json")
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "variance", "objective"),
+    [
+        ({"beta_schedule": "linear", "num_train_timesteps": 1000, "variance_type": "fixed_large"}, "beta", "epsilon"),
+        ({"beta_schedule": "linear", "num_train_timesteps": 250, "variance_type": "fixed_small"}, "beta_tilde", "sample"),
+        ({"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 400, "variance_type": "fixed_small"}, "beta_tilde", "v_prediction"),
+    ],
+)
+def test_the_schedule_maps_to_the_same_betas_variance_and_objective(scheduler, variance, objective):
+    """diffusers' betas (float32) equal ours (float64), including our 1000/T scaling of linear
+    betas and our cosine schedule as squaredcos_cap_v2; fixed_large is the beta variance."""
+    theirs = diffusers.DDPMScheduler(**{**SCHEDULER, **scheduler, "prediction_type": objective})
+    diffusion, sample = schedule_sections(dict(theirs.config), "scheduler_config.json")
+    ours = NoiseSchedule(**diffusion)
+    torch.testing.assert_close(ours.betas.float(), theirs.betas, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ours.alpha_bar.float(), theirs.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    assert sample["ddpm_variance"] == variance and diffusion["objective"] == {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}[objective]
+    t = scheduler["num_train_timesteps"] // 2
+    ours_var = ours.betas[t] if variance == "beta" else ours.posterior_variance[t]
+    assert abs(theirs._get_variance(t).item() - ours_var.item()) <= 1e-4 * ours_var.item()  # float32 there
+
+
+# Export ---------------------------------------------------------------------------------------
+
+OURS = {
+    "plain": {"model": {"image_size": 16, "base_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
+                        "attention_resolutions": [8], "norm_groups": 8, "dropout": 0.1}},
+    "every_option": {"model": {"image_size": 16, "in_channels": 1, "base_channels": 32, "channel_mult": [1, 2, 2],
+                               "num_res_blocks": 2, "attention_resolutions": [16, 4], "head_dim": 16, "norm_groups": 8,
+                               "scale_shift": True, "downsample_padding": "tf_same"},
+                     "diffusion": {"timesteps": 200, "schedule": "cosine", "objective": "v"},
+                     "sample": {"ddpm_variance": "beta_tilde", "clip_denoised": False, "steps": 200},
+                     "log": {"sample_steps": 20}},
+}
+
+
+def our_checkpoint(kind: str, path: Path) -> Path:
+    raw = {**OURS[kind], "data": {"image_size": 16}}
+    cfg = from_dict(raw, name=kind)
+    model, ema = (randomize_(UNet(**dataclasses.asdict(cfg.model)), seed=s) for s in (0, 1))
+    save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "step": 7, "config": cfg.to_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", list(OURS))
+def test_export_loads_in_diffusers_and_imports_back(kind, tmp_path):
+    checkpoint = our_checkpoint(kind, tmp_path / "ours.pt")
+    ours = load_model(checkpoint)
+    assert export_main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "pipe")]) == 0
+    unet, info = diffusers.UNet2DModel.from_pretrained(tmp_path / "pipe", subfolder="unet", output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "pipe")
+    x = torch.randn(2, ours.config.model.in_channels, 16, 16)
+    t = torch.tensor([3, 150])
+    with torch.no_grad():
+        expected = ours.model(x, t)
+        assert (pipe.unet.eval()(x, t).sample - expected).abs().max() <= 1e-4
+        back = load_model(tmp_path / "pipe")
+        assert (back.model(x, t) - expected).abs().max() <= 1e-5
+    assert back.config.model == ours.config.model and back.config.diffusion == ours.config.diffusion
+    assert (back.config.sample.ddpm_variance, back.config.sample.clip_denoised) == (ours.config.sample.ddpm_variance, ours.config.sample.clip_denoised)
+    torch.testing.assert_close(torch.as_tensor(pipe.scheduler.alphas_cumprod), ours.schedule.alpha_bar.float(), rtol=1e-5, atol=1e-7)
+
+
+def test_no_ema_exports_the_raw_weights(tmp_path):
+    checkpoint = our_checkpoint("plain", tmp_path / "ours.pt")
+    export_pipeline(checkpoint, tmp_path / "ema")
+    assert export_main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "raw"), "--no-ema"]) == 0
+    state = torch.load(checkpoint, weights_only=True)
+    for folder, key in (("ema", "ema"), ("raw", "model")):
+        back = load_model(tmp_path / folder)
+        torch.testing.assert_close(back.model.state_dict()["conv_in.weight"], state[key]["conv_in.weight"])
+
+
+def test_export_refuses_what_diffusers_cannot_express_and_never_overwrites(tmp_path, capsys):
+    raw = {"data": {"image_size": 16}, "model": {**OURS["plain"]["model"], "num_heads": 2, "attention_resolutions": [16, 8]}}
+    cfg = from_dict(raw)
+    path = tmp_path / "heads.pt"
+    model = UNet(**dataclasses.asdict(cfg.model))
+    save_checkpoint({"model": model.state_dict(), "ema": model.state_dict(), "step": 1, "config": cfg.to_dict()}, path)
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: export_main(["--checkpoint", str(path), "--out", str(tmp_path / "pipe")]))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert "model.num_heads=2 gives heads of different widths in attention blocks of [32, 64] channels" in err
+    assert not (tmp_path / "pipe").exists() and not list(tmp_path.glob(".pipe*"))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep me")
+    with pytest.raises(SystemExit):
+        run_cli(lambda: export_main(["--checkpoint", str(our_checkpoint("plain", tmp_path / "ok.pt")), "--out", str(tmp_path / "taken")]))
+    assert "already exists and is not an empty folder" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "keep me"
+
+
+# The command line and the Hub ---------------------------------------------------------------
+
+
+def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_inference_samples_an_imported_folder_and_a_hub_id_offline(pipelines, tmp_path):
+    """inference.py on a pipeline folder, then on a Hub id served from a fake offline HF cache
+    (the cache layout: models--org--name/refs/main and snapshots/<commit>/ with the flat files)."""
+    env = {**subprocess_env(), "DDPM_CACHE": str(tmp_path / "ddpm-cache"), "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    flags = ["--steps", "3", "--num-samples", "2", "--video", "none"]
+    done = run(["inference.py", "--checkpoint", str(pipelines["cifar10"]), "--out", str(tmp_path / "a"), *flags], env)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "a" / "samples.json").read_text())
+    assert record["source"] == str(pipelines["cifar10"].resolve()) and record["weights"] == "imported"
+    assert (tmp_path / "a" / "grid.png").is_file()
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--google--ddpm-cifar10-32"
+    flat(pipelines["cifar10"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for spec in ("google/ddpm-cifar10-32", f"google/ddpm-cifar10-32@{commit}"):
+        out = tmp_path / spec.replace("/", "_")
+        done = run(["inference.py", "--checkpoint", spec, "--out", str(out), *flags], env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads((out / "samples.json").read_text())["source"] == f"google/ddpm-cifar10-32@{commit}"
+    # Exactly the pixels of the same weights loaded from the folder.
+    assert (out / "grid.png").read_bytes() == (tmp_path / "a" / "grid.png").read_bytes()
+
+    done = run(["inference.py", "--checkpoint", "google/ddpm-nowhere-32", *flags], env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: google/ddpm-nowhere-32: no such file or folder")
+    assert "HF_HUB_OFFLINE=1" in done.stderr and "huggingface-cli download google/ddpm-nowhere-32" in done.stderr
+
+
+def test_the_loader_does_not_import_diffusers(tmp_path):
+    code = ("import sys, diffusion.generate, diffusion.pretrained, diffusion.export, inference; "
+            "assert 'diffusers' not in sys.modules, 'diffusers imported'")
+    done = run(["-c", code], subprocess_env())
+    assert done.returncode == 0, done.stderr
