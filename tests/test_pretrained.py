@@ -370,44 +370,55 @@ def test_export_refuses_what_diffusers_cannot_express_and_never_overwrites(tmp_p
 # The command line and the Hub ---------------------------------------------------------------
 
 
-def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def fake_hub_cache(pipeline: Path, hub: Path, commit: str = "0123456789abcdef0123456789abcdef01234567") -> str:
+    """google/ddpm-cifar10-32 in the Hugging Face cache layout: refs/main names the commit whose
+    snapshots/<commit>/ folder holds the flat files, as the 2022 upload."""
+    repo = hub / "models--google--ddpm-cifar10-32"
+    flat(pipeline, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_inference_samples_an_imported_folder(pipelines, tmp_path):
+    assert inference.main(["--checkpoint", str(pipelines["cifar10"]), "--out", str(tmp_path / "out"),
+                           "--steps", "3", "--num-samples", "2", "--video", "none"]) == 0
+    record = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert record["source"] == str(pipelines["cifar10"].resolve()) and record["weights"] == "imported"
+    assert record["files"] == ["grid.png"] and (tmp_path / "out" / "grid.png").is_file()
+
+
+def test_hub_ids_resolve_in_an_offline_cache(pipelines, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    commit = fake_hub_cache(pipelines["cifar10"], tmp_path / "hub")
+    folder = load_model(pipelines["cifar10"])
+    for spec in ("google/ddpm-cifar10-32", f"google/ddpm-cifar10-32@{commit}"):
+        loaded = load_model(spec)
+        assert loaded.source == f"google/ddpm-cifar10-32@{commit}" and loaded.name == "google--ddpm-cifar10-32"
+        torch.testing.assert_close(loaded.model.state_dict(), folder.model.state_dict(), rtol=0, atol=0)
+    err = fails(["--checkpoint", "google/ddpm-nowhere-32", "--out", str(tmp_path / "out")], capsys)
+    assert err.startswith("error: google/ddpm-nowhere-32: no such file or folder")
+    assert "HF_HUB_OFFLINE=1" in err and "huggingface-cli download google/ddpm-nowhere-32" in err
+    assert str(tmp_path / "hub") in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
-def test_inference_samples_an_imported_folder_and_a_hub_id_offline(pipelines, tmp_path):
-    """inference.py on a pipeline folder, then on a Hub id served from a fake offline HF cache
-    (the cache layout: models--org--name/refs/main and snapshots/<commit>/ with the flat files)."""
+def test_inference_cli_on_a_hub_id_offline_without_diffusers(pipelines, tmp_path):
+    """inference.py in a fresh process, with HF_HUB_OFFLINE=1 and HF_HOME / HF_HUB_CACHE set as a
+    user would; the whole run never imports diffusers."""
+    fake_hub_cache(pipelines["cifar10"], tmp_path / "hf" / "hub")
     env = {**subprocess_env(), "DDPM_CACHE": str(tmp_path / "ddpm-cache"), "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
-    flags = ["--steps", "3", "--num-samples", "2", "--video", "none"]
-    done = run(["inference.py", "--checkpoint", str(pipelines["cifar10"]), "--out", str(tmp_path / "a"), *flags], env)
+    argv = ["inference.py", "--checkpoint", "google/ddpm-cifar10-32", "--out", str(tmp_path / "out"),
+            "--steps", "3", "--num-samples", "2", "--video", "none"]
+    code = (f"import runpy, sys; sys.argv = {argv!r}\n"
+            "try:\n    runpy.run_path('inference.py', run_name='__main__')\n"
+            "except SystemExit as done:\n    assert done.code == 0, done.code\n"
+            "assert 'diffusers' not in sys.modules, 'diffusers was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    record = json.loads((tmp_path / "a" / "samples.json").read_text())
-    assert record["source"] == str(pipelines["cifar10"].resolve()) and record["weights"] == "imported"
-    assert (tmp_path / "a" / "grid.png").is_file()
-
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hf" / "hub" / "models--google--ddpm-cifar10-32"
-    flat(pipelines["cifar10"], repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    for spec in ("google/ddpm-cifar10-32", f"google/ddpm-cifar10-32@{commit}"):
-        out = tmp_path / spec.replace("/", "_")
-        done = run(["inference.py", "--checkpoint", spec, "--out", str(out), *flags], env)
-        assert done.returncode == 0, done.stderr
-        assert json.loads((out / "samples.json").read_text())["source"] == f"google/ddpm-cifar10-32@{commit}"
-    # Exactly the pixels of the same weights loaded from the folder.
-    assert (out / "grid.png").read_bytes() == (tmp_path / "a" / "grid.png").read_bytes()
-
-    done = run(["inference.py", "--checkpoint", "google/ddpm-nowhere-32", *flags], env)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith("error: google/ddpm-nowhere-32: no such file or folder")
-    assert "HF_HUB_OFFLINE=1" in done.stderr and "huggingface-cli download google/ddpm-nowhere-32" in done.stderr
-
-
-def test_the_loader_does_not_import_diffusers(tmp_path):
-    code = ("import sys, diffusion.generate, diffusion.pretrained, diffusion.export, inference; "
-            "assert 'diffusers' not in sys.modules, 'diffusers imported'")
-    done = run(["-c", code], subprocess_env())
-    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert record["source"].startswith("google/ddpm-cifar10-32@0123456789abcdef")
