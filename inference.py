@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from diffusion.config import DATA_SOURCES
 from diffusion.device import PRECISIONS, resolve_device, tune_host_allocator
 from diffusion.errors import CliParser, UserError, run_cli
 from diffusion.generate import (
@@ -67,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also compute FID and KID of the samples against the training data; needs the 'fid' extra;"
         " use >= 10000 samples for unbiased numbers",
     )
+    p.add_argument(
+        "--fid-data", choices=DATA_SOURCES,
+        help="the training set --fid compares against, under data.root (default: the checkpoint's data.source;"
+        " imported weights need it, e.g. cifar10 for google/ddpm-cifar10-32)",
+    )
     return p.parse_args(argv)
 
 
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fid:  # before sampling: too few samples, a missing 'fid' extra or Inception weights stop here
         if options.num_samples < 2:
             raise UserError(f"--fid needs at least 2 samples, got --num-samples {options.num_samples}")
+        if loaded.name and args.fid_data is None:
+            raise UserError(f"--fid: {loaded.source} does not say which data it was trained on; add --fid-data, e.g. cifar10")
         from diffusion.fid import fid_of_samples, inception_extractor
 
         extractor = inception_extractor(device)
@@ -107,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         count = f" ({options.num_samples} PNG files)" if name == "images" else ""
         print(f"  {out_dir / name}{count}")
     if args.fid:
-        result = fid_of_samples(images, loaded.config.data, device, extractor=extractor)
+        data = dataclasses.replace(loaded.config.data, source=args.fid_data or loaded.config.data.source)
+        result = fid_of_samples(images, data, device, extractor=extractor)
         record.update(fid=result.fid, kid_mean=result.kid_mean, kid_std=result.kid_std,
                       fid_reference_images=result.num_reference)
         write_record(record, out_dir)

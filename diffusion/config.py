@@ -23,10 +23,13 @@ import yaml
 
 from diffusion.errors import ConfigError
 
+DataSource = Literal["celeba", "cifar10", "folder", "digits"]
+DATA_SOURCES: tuple[str, ...] = typing.get_args(DataSource)
+
 
 @dataclass
 class DataConfig:
-    source: Literal["celeba", "cifar10", "folder", "digits"] = "celeba"  # dataset: CelebA or CIFAR-10 (torchvision), any image folder under root, or scikit-learn's bundled 8x8 digits
+    source: DataSource = "celeba"  # dataset: CelebA or CIFAR-10 (torchvision), any image folder under root, or scikit-learn's bundled 8x8 digits
     root: str = "Data"  # where datasets live; the prepared uint8 cache goes to <root>/cache/
     image_size: int = 64  # side of the square training images, in pixels
     random_flip: bool = True  # random horizontal flips, applied on the batch tensors on the training device

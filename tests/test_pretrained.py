@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, randomize_, subprocess_env
+from conftest import ROOT, RandomConvFeatures, randomize_, subprocess_env
 
+import diffusion.fid
 import inference
 from diffusion.checkpoint import save_checkpoint
 from diffusion.config import from_dict
@@ -386,6 +387,18 @@ def test_inference_samples_an_imported_folder(pipelines, tmp_path):
     record = json.loads((tmp_path / "out" / "samples.json").read_text())
     assert record["source"] == str(pipelines["cifar10"].resolve()) and record["weights"] == "imported"
     assert record["files"] == ["grid.png"] and (tmp_path / "out" / "grid.png").is_file()
+
+
+def test_fid_of_imported_weights_needs_and_uses_fid_data(pipelines, tmp_path, monkeypatch, capsys):
+    """Imported weights carry no dataset: --fid asks for --fid-data, which names the reference set."""
+    monkeypatch.chdir(tmp_path)  # data.root 'Data' is relative
+    monkeypatch.setattr(diffusion.fid, "inception_extractor", lambda device: RandomConvFeatures())
+    argv = ["--checkpoint", str(pipelines["cifar10"]), "--out", str(tmp_path / "out"), "--steps", "2",
+            "--num-samples", "2", "--video", "none", "--fid"]
+    assert "does not say which data it was trained on; add --fid-data" in fails(argv, capsys)
+    assert inference.main([*argv, "--fid-data", "digits"]) == 0
+    record = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert record["fid_reference_images"] == 1797  # scikit-learn's digits
 
 
 def test_hub_ids_resolve_in_an_offline_cache(pipelines, tmp_path, monkeypatch, capsys):
