@@ -1,0 +1,131 @@
+"""Importing diffusers pipelines at the released models' full layouts: exactness and speed.
+
+For each layout (``google/ddpm-cifar10-32``: 35.7M parameters; the 256-pixel ``google/ddpm-*-256``
+models: 113.7M) a diffusers ``UNet2DModel`` with random non-zero weights is saved by
+``DDPMPipeline.save_pretrained`` and loaded through ``load_model``. Printed per layout: the largest
+output difference from diffusers on the same input, the first (converting) load, the cached load,
+and the load of the converted file as a plain checkpoint. Then the imported CIFAR-10-layout model
+and a native one (``Configs/ddpm_cifar10.yaml``, symmetric padding) are timed on DDPM steps,
+alternating, in one process. Needs diffusers (the 'bench' extra).
+
+    python benchmarks/bench_import.py [--layouts cifar10 256px] [--threads 2] [--steps 5] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_models import add_threads_flag, load_preset, set_threads  # noqa: E402
+from diffusion.errors import UserError, run_cli  # noqa: E402
+from diffusion.generate import load_model  # noqa: E402
+from diffusion.samplers import NoiseStreams, reverse_process  # noqa: E402
+from diffusion.schedule import NoiseSchedule  # noqa: E402
+from models import UNet  # noqa: E402
+
+PAPER = {"act_fn": "silu", "attention_head_dim": None, "downsample_padding": 0, "flip_sin_to_cos": False,
+         "freq_shift": 1, "layers_per_block": 2, "norm_eps": 1e-06, "norm_num_groups": 32}
+LAYOUTS = {
+    "cifar10": {**PAPER, "sample_size": 32, "block_out_channels": [128, 256, 256, 256],
+                "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]},
+    "256px": {**PAPER, "sample_size": 256, "block_out_channels": [128, 128, 256, 256, 512, 512],
+              "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+              "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4},
+}
+
+
+def random_pipeline(layout: str, folder: Path) -> torch.nn.Module:
+    """Save a DDPMPipeline of ``layout`` with random non-zero weights; return its UNet."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(**LAYOUTS[layout]).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            fan_in = p[0].numel() if p.dim() > 1 else 4
+            p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(variance_type="fixed_large")).save_pretrained(folder)
+    return unet
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def step_seconds(model: torch.nn.Module, schedule: NoiseSchedule, steps: int, batch: int) -> float:
+    """Seconds per DDPM step (one network call) over ``steps`` steps."""
+    noise = NoiseStreams(0, range(batch), (3, model.image_size, model.image_size), "cpu")
+    process = reverse_process(model, schedule, noise, sampler="ddpm", steps=1000)
+    next(process)  # the first call warms up
+    _, seconds = timed(lambda: list(itertools.islice(process, steps)))
+    return seconds / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
+    parser.add_argument("--steps", type=int, default=5, help="DDPM steps per timing of the sampling comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timings of each load and each model")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per network call in the sampling comparison")
+    add_threads_flag(parser)
+    args = parser.parse_args(argv)
+    set_threads(args)
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"the benchmark needs diffusers ({err}); install it with pip install '.[bench]'") from None
+    work = Path(tempfile.mkdtemp(prefix="bench-import-"))
+    os.environ["DDPM_CACHE"] = str(work / "cache")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"loads: the first, then the median of {args.repeats} alternating loads of each")
+    print("| layout | parameters | max abs output difference | first load (conversion) | cached load | checkpoint load |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    imported = {}
+    for layout in args.layouts:
+        theirs = random_pipeline(layout, work / layout)
+        loaded, first = timed(lambda layout=layout: load_model(work / layout))
+        loads: dict[str, list[float]] = {"cached": [], "native": []}
+        for _ in range(args.repeats):  # alternating: the folder (its cached conversion), the converted file itself
+            loads["cached"].append(timed(lambda layout=layout: load_model(work / layout))[1])
+            loads["native"].append(timed(lambda loaded=loaded: load_model(loaded.path))[1])
+        cached, native = (statistics.median(v) for v in loads.values())
+        size = LAYOUTS[layout]["sample_size"]
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            diff = max((loaded.model(x, torch.tensor([t])) - theirs(x, torch.tensor([t])).sample).abs().max().item()
+                       for t in (0, 500, 999))
+        n = sum(p.numel() for p in loaded.model.parameters())
+        print(f"| {layout} | {n / 1e6:.1f}M | {diff:.2e} | {first:.2f} s | {cached:.2f} s | {native:.2f} s |", flush=True)
+        imported[layout] = loaded
+        del theirs
+    if "cifar10" in imported:
+        ours = imported["cifar10"]
+        _, cfg = load_preset("ddpm_cifar10")
+        native = UNet(**vars(cfg.model)).eval().to(memory_format=torch.channels_last)  # as load_model does on a CPU
+        schedule = NoiseSchedule.from_config(cfg.diffusion)
+        times: dict[str, list[float]] = {"imported (tf_same padding)": [], "native (symmetric padding)": []}
+        for _ in range(args.repeats):
+            times["imported (tf_same padding)"].append(step_seconds(ours.model, ours.schedule, args.steps, args.batch_size))
+            times["native (symmetric padding)"].append(step_seconds(native, schedule, args.steps, args.batch_size))
+        print(f"\nCIFAR-10 layout, DDPM steps of {args.batch_size} images, median of {args.repeats} alternating runs of {args.steps} steps")
+        print("| model | seconds per step | runs |")
+        print("| --- | --- | --- |")
+        for name, values in times.items():
+            print(f"| {name} | {statistics.median(values):.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
+
+
+if __name__ == "__main__":
+    run_cli(main)
