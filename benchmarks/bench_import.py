@@ -5,16 +5,15 @@ models: 113.7M) a diffusers ``UNet2DModel`` with random non-zero weights is save
 ``DDPMPipeline.save_pretrained`` and loaded through ``load_model``. Printed per layout: the largest
 output difference from diffusers on the same input, the first (converting) load, the cached load,
 and the load of the converted file as a plain checkpoint. Then the imported CIFAR-10-layout model
-and a native one (``Configs/ddpm_cifar10.yaml``, symmetric padding) are timed on DDPM steps,
-alternating, in one process. Needs diffusers (the 'bench' extra).
+and a native one (``Configs/ddpm_cifar10.yaml``, symmetric padding) are timed on network calls
+(the cost of a sampler step), alternating call by call, in one process. Needs diffusers (the 'bench' extra).
 
-    python benchmarks/bench_import.py [--layouts cifar10 256px] [--threads 2] [--steps 5] [--batch-size 8]
+    python benchmarks/bench_import.py [--layouts cifar10 256px] [--threads 2] [--calls 20] [--batch-size 8]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import sys
@@ -29,8 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_models import add_threads_flag, load_preset, set_threads  # noqa: E402
 from diffusion.errors import UserError, run_cli  # noqa: E402
 from diffusion.generate import load_model  # noqa: E402
-from diffusion.samplers import NoiseStreams, reverse_process  # noqa: E402
-from diffusion.schedule import NoiseSchedule  # noqa: E402
 from models import UNet  # noqa: E402
 
 PAPER = {"act_fn": "silu", "attention_head_dim": None, "downsample_padding": 0, "flip_sin_to_cos": False,
@@ -65,20 +62,27 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
-def step_seconds(model: torch.nn.Module, schedule: NoiseSchedule, steps: int, batch: int) -> float:
-    """Seconds per DDPM step (one network call) over ``steps`` steps."""
-    noise = NoiseStreams(0, range(batch), (3, model.image_size, model.image_size), "cpu")
-    process = reverse_process(model, schedule, noise, sampler="ddpm", steps=1000)
-    next(process)  # the first call warms up
-    _, seconds = timed(lambda: list(itertools.islice(process, steps)))
-    return seconds / steps
+def call_seconds(models: dict[str, torch.nn.Module], batch: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per network call (a DDPM step's cost) of each model, the models alternating call by
+    call so that a busy machine slows both alike; one warm-up round first."""
+    size = next(iter(models.values())).image_size
+    x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
+    t = torch.full((batch,), 500)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for round_ in range(rounds + 1):
+            for name, model in models.items():
+                _, seconds = timed(lambda model=model: model(x, t))
+                if round_:
+                    times[name].append(seconds)
+    return times
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
-    parser.add_argument("--steps", type=int, default=5, help="DDPM steps per timing of the sampling comparison")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating timings of each load and each model")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timings of each load")
+    parser.add_argument("--calls", type=int, default=20, help="alternating timed network calls of each model")
     parser.add_argument("--batch-size", type=int, default=8, help="images per network call in the sampling comparison")
     add_threads_flag(parser)
     args = parser.parse_args(argv)
@@ -112,20 +116,15 @@ def main(argv: list[str] | None = None) -> None:
         imported[layout] = loaded
         del theirs
     if "cifar10" in imported:
-        ours = imported["cifar10"]
         _, cfg = load_preset("ddpm_cifar10")
         native = UNet(**vars(cfg.model)).eval().to(memory_format=torch.channels_last)  # as load_model does on a CPU
-        schedule = NoiseSchedule.from_config(cfg.diffusion)
-        times: dict[str, list[float]] = {"imported (tf_same padding)": [], "native (symmetric padding)": []}
-        for _ in range(args.repeats):
-            times["imported (tf_same padding)"].append(step_seconds(ours.model, ours.schedule, args.steps, args.batch_size))
-            times["native (symmetric padding)"].append(step_seconds(native, schedule, args.steps, args.batch_size))
-        print(f"\nCIFAR-10 layout, DDPM steps of {args.batch_size} images, median of {args.repeats} alternating runs of {args.steps} steps")
-        print("| model | seconds per step | runs |")
-        print("| --- | --- | --- |")
+        models = {"imported (tf_same padding)": imported["cifar10"].model, "native (symmetric padding)": native}
+        times = call_seconds(models, args.batch_size, args.calls)
+        print(f"\nCIFAR-10 layout: seconds per network call on {args.batch_size} images, {args.calls} alternating calls each")
+        print("| model | median | min | max |")
+        print("| --- | --- | --- | --- |")
         for name, values in times.items():
-            print(f"| {name} | {statistics.median(values):.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
-
+            print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
 
 if __name__ == "__main__":
     run_cli(main)

@@ -84,6 +84,8 @@ def _refuse(where: str, key: str, value: Any, expected: str) -> ConversionError:
 
 def model_section(unet: dict[str, Any], where: str) -> dict[str, Any]:
     """Our ``model:`` section for a ``UNet2DModel`` config.json (``where`` names it in errors)."""
+    if unet.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise _refuse(where, "_class_name", unet["_class_name"], "'UNet2DModel'")
     c = {**UNET_DEFAULTS, **{k: v for k, v in unet.items() if not k.startswith("_")}}
     unknown = sorted(set(c) - set(UNET_DEFAULTS))
     if unknown:

@@ -71,7 +71,9 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
 
     ``checkpoint`` may also be a diffusers folder or a Hub id ``org/name[@revision]``
     (:func:`diffusion.pretrained.resolve`: converted once, then loaded as a checkpoint from the
-    cache); such weights are a single set, so ``use_ema`` does not apply to them. The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
+    cache); such weights are a single set, so ``use_ema`` does not apply to them.
+
+    The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
     or weights that do not fit the model the stored config describes, raise a one-line
     :class:`CheckpointError`. The weights are stored channels-last when the run trained so, and
     always on the CPU, where that makes sampling faster (12-17% per step for the CIFAR-10 model,

@@ -142,10 +142,13 @@ def _hub_snapshot(spec: str) -> tuple[Path, str]:
     repo_id, _, revision = spec.partition("@")
     revision = revision or None
     weights = {suffix: [f"{d}diffusion_pytorch_model.{suffix}" for d in ("", "unet/")] for suffix in ("safetensors", "bin")}
-    folder = None
+    download = f"download it where there is a network (hf download {repo_id}) into the Hugging Face cache"
     for local_only in (True, False):  # the cache first: no request once it has the snapshot
         if not local_only and constants.HF_HUB_OFFLINE:
-            break
+            raise CheckpointError(
+                f"{spec}: no such file or folder, nor a Hub model in the Hugging Face cache {constants.HF_HUB_CACHE}"
+                f" (offline: HF_HUB_OFFLINE=1); {download} (HF_HOME / HF_HUB_CACHE), or pass a local folder with its files"
+            )
         for suffix in ("safetensors", "bin"):  # only one of the two weight files
             try:
                 folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=local_only,
@@ -155,18 +158,12 @@ def _hub_snapshot(spec: str) -> tuple[Path, str]:
                     break
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise CheckpointError(
-                    f"{spec}: no such file or folder, and could not fetch it from the Hugging Face Hub ({first}); "
-                    f"download it where there is a network (huggingface-cli download {repo_id}) into the cache "
-                    f"{constants.HF_HUB_CACHE} (HF_HOME / HF_HUB_CACHE), or pass a local folder with its files"
+                    f"{spec}: no such file or folder, and could not fetch it from the Hugging Face Hub ({first});"
+                    f" {download} {constants.HF_HUB_CACHE} (HF_HOME / HF_HUB_CACHE), or pass a local folder with its files"
                 ) from None
             if any((folder / w).is_file() for w in [*weights["safetensors"], *weights["bin"]]):
                 return folder, f"{repo_id}@{folder.name}"
-    raise CheckpointError(
-        f"{spec}: no such file or folder, nor a Hub model in the Hugging Face cache {constants.HF_HUB_CACHE},"
-        " and offline (HF_HUB_OFFLINE=1); "
-        f"download it where there is a network (huggingface-cli download {repo_id}) and copy the cache "
-        "(HF_HOME / HF_HUB_CACHE), or pass a local folder with its files"
-    )
+    raise CheckpointError(f"{spec}: the Hub repository has no {' or '.join(weights['safetensors'] + weights['bin'])}")
 
 
 def resolve(spec: str | Path) -> Resolved:

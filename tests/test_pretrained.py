@@ -28,7 +28,7 @@ from diffusion.diffusers_format import ConversionError, model_section, schedule_
 from diffusion.errors import CheckpointError, run_cli
 from diffusion.export import export_pipeline
 from diffusion.export import main as export_main
-from diffusion.generate import load_model
+from diffusion.generate import default_out_dir, load_model
 from diffusion.schedule import NoiseSchedule
 from models import UNet
 
@@ -202,12 +202,13 @@ def fails(argv: list[str], capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("case", ["pickle", "truncated_bin", "truncated_safetensors", "no_weights", "bad_json"])
+@pytest.mark.parametrize("case", ["pickle", "truncated_bin", "truncated_safetensors", "no_weights", "sharded",
+                                  "not_a_state_dict", "bad_json"])
 def test_unusable_weight_files_are_one_line_errors(case, pipelines, tmp_path, capsys):
     folder = flat(pipelines["cifar10"], tmp_path / case)
     weights = folder / "diffusion_pytorch_model.safetensors"
     marker = tmp_path / "pwned"
-    if case in ("pickle", "truncated_bin", "no_weights"):
+    if case in ("pickle", "truncated_bin", "no_weights", "sharded", "not_a_state_dict"):
         weights.unlink()
     if case == "pickle":
         torch.save({"conv_in.weight": _Payload(marker)}, folder / "diffusion_pytorch_model.bin")
@@ -222,6 +223,12 @@ def test_unusable_weight_files_are_one_line_errors(case, pipelines, tmp_path, ca
         expected = "not a safetensors file, or truncated/corrupt"
     elif case == "no_weights":
         expected = "has config.json but no diffusion_pytorch_model.safetensors or diffusion_pytorch_model.bin"
+    elif case == "sharded":
+        (folder / "diffusion_pytorch_model.safetensors.index.json").write_text("{}")
+        expected = "(sharded weights are not supported)"
+    elif case == "not_a_state_dict":
+        torch.save([torch.ones(1)], folder / "diffusion_pytorch_model.bin")
+        expected = "expected a state dict of named tensors"
     else:
         (folder / "config.json").write_text("{not json")
         expected = "config.json: not a readable JSON file"
@@ -233,6 +240,7 @@ def test_unusable_weight_files_are_one_line_errors(case, pipelines, tmp_path, ca
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
+        ({"_class_name": "UNet2DConditionModel"}, "_class_name='UNet2DConditionModel' does not map"),
         ({"act_fn": "gelu"}, "act_fn='gelu' does not map"),
         ({"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]}, "down_block_types=["),
         ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}, "up_block_types=["),
@@ -412,9 +420,10 @@ def test_hub_ids_resolve_in_an_offline_cache(pipelines, tmp_path, monkeypatch, c
         loaded = load_model(spec)
         assert loaded.source == f"google/ddpm-cifar10-32@{commit}" and loaded.name == "google--ddpm-cifar10-32"
         torch.testing.assert_close(loaded.model.state_dict(), folder.model.state_dict(), rtol=0, atol=0)
+    assert default_out_dir(loaded).parent == Path("Models") / "google--ddpm-cifar10-32" / "samples"
     err = fails(["--checkpoint", "google/ddpm-nowhere-32", "--out", str(tmp_path / "out")], capsys)
     assert err.startswith("error: google/ddpm-nowhere-32: no such file or folder")
-    assert "HF_HUB_OFFLINE=1" in err and "huggingface-cli download google/ddpm-nowhere-32" in err
+    assert "HF_HUB_OFFLINE=1" in err and "hf download google/ddpm-nowhere-32" in err
     assert str(tmp_path / "hub") in err and not (tmp_path / "out").exists()
 
 
