@@ -1,5 +1,6 @@
 # `make demo` trains the CPU demo and samples from it; `make test` runs the tests.
-# Both create .venv on first use and reinstall when pyproject.toml changes.
+# Both create .venv on first use and install the project into it (editable, so edits take effect);
+# they reinstall when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ DEMO_RUN ?= digits-demo-$(shell date +%Y%m%d-%H%M%S)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet ".[dev,fid,bench]"
+	$(PY) -m pip install --quiet -e ".[dev,fid,bench]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -16,9 +16,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from diffusion.cli import Parser, add_device_flag, add_threads_flag, positive_int, set_threads
 from diffusion.config import DATA_SOURCES
 from diffusion.device import PRECISIONS, resolve_device, tune_host_allocator
-from diffusion.errors import CliParser, UserError, run_cli
+from diffusion.errors import UserError, run_cli
 from diffusion.generate import (
     VIDEO_FORMATS,
     default_out_dir,
@@ -29,40 +30,31 @@ from diffusion.generate import (
 from diffusion.samplers import SAMPLERS
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--checkpoint", required=True, help="a checkpoint file, a run folder (its checkpoints/last.pt), a diffusers folder,"
                    " or a Hugging Face Hub id such as google/ddpm-cifar10-32[@revision]")
-    p.add_argument("--num-samples", type=_positive_int, help="images to generate (default: sample.num_samples)")
-    p.add_argument("--batch-size", type=_positive_int, help="images per network call (default: sample.batch_size)")
+    p.add_argument("--num-samples", type=positive_int, help="images to generate (default: sample.num_samples)")
+    p.add_argument("--batch-size", type=positive_int, help="images per network call (default: sample.batch_size)")
     p.add_argument("--sampler", choices=SAMPLERS, help="reverse process (default: sample.sampler)")
-    p.add_argument("--steps", type=_positive_int, help="network evaluations, at most T (default: sample.steps)")
+    p.add_argument("--steps", type=positive_int, help="network evaluations, at most T (default: sample.steps)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default: sample.eta)")
     p.add_argument("--seed", type=int, help="seed; sample i always gets noise stream (seed, i) (default: sample.seed)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    add_device_flag(p)
+    add_threads_flag(p)
     p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default: train.precision)")
     p.add_argument(
         "--compile", action="store_true",
         help="torch.compile the network first: a minute or two of compilation, then faster steps"
-        " (on CUDA replayed as CUDA graphs: network calls 2.2x faster on an H200 in bf16); worth it for long runs such as --fid",
+        " (on CUDA replayed as CUDA graphs); worth it for long runs such as --fid",
     )
     p.add_argument("--out", type=Path, help="output folder (default: <run>/samples/<timestamp>/)")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
     p.add_argument("--save-images", action="store_true", help="write every sample to images/000000.png, ...")
     p.add_argument("--video", choices=VIDEO_FORMATS, default="mp4", help="denoising animation format (default: mp4)")
-    p.add_argument("--frames", type=_positive_int, help="frames of the animation (default: sample.frames)")
-    p.add_argument("--fps", type=_positive_int, help="frames per second of the animation (default: sample.fps)")
+    p.add_argument("--frames", type=positive_int, help="frames of the animation (default: sample.frames)")
+    p.add_argument("--fps", type=positive_int, help="frames per second of the animation (default: sample.fps)")
     p.add_argument(
         "--fid", action="store_true",
         help="also compute FID and KID of the samples against the training data; needs the 'fid' extra;"
@@ -78,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    set_threads(args.threads)
     device = resolve_device(args.device, "--device")
     tune_host_allocator(device)
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)

@@ -1,19 +1,25 @@
 """The DDPM U-Net (Ho et al. appendix B): a Wide-ResNet U-Net with sinusoidal time embeddings.
 
-``UNet(**cfg.model)`` builds it from a config's ``model:`` section; ``model(x, t)`` maps images
-x (B, C, H, W) and integer timesteps t (B,) to a prediction of the same shape as x.
+``build_model(cfg)`` builds it from a config's ``model:`` section, for training and sampling
+alike; ``model(x, t)`` maps images x (B, C, H, W) and integer timesteps t (B,) to a prediction of
+the same shape as x.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attention import SpatialSelfAttention, group_norm
+from diffusion.errors import ConfigError
+
+if TYPE_CHECKING:
+    from diffusion.config import Config
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -97,10 +103,9 @@ def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour upsampling by 2: each pixel of x (B, C, H, W) becomes a 2x2 block.
 
     ``F.interpolate``, except while torch.compile traces the network for a CUDA device: there
-    inductor lowers interpolate's backward to a scatter-add (0.35 ms of a 22 ms CIFAR-10 training
-    step on an H200), while the broadcast view gives the same values and a backward that is a
-    fused sum per 2x2 block (1.04x the step). Eager mode, and inductor's CPU code (whose broadcast
-    copy is 10x slower than its interpolate), keep ``F.interpolate``.
+    inductor lowers interpolate's backward to a scatter-add, while the broadcast view gives the
+    same values and a backward that is a fused sum per 2x2 block. Eager mode and inductor's CPU
+    code are faster with ``F.interpolate`` (docs/results.md#upsampling-on-cuda).
     """
     if x.is_cuda and torch.compiler.is_compiling():
         return broadcast_nearest_2x(x)
@@ -214,3 +219,11 @@ class UNet(nn.Module):
             else:
                 h = module(torch.cat([h, skips.pop()], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def build_model(cfg: Config) -> UNet:
+    """The U-Net of ``cfg.model``; an architecture the network cannot build is a :class:`ConfigError`."""
+    try:
+        return UNet(**dataclasses.asdict(cfg.model))
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None

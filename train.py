@@ -1,6 +1,7 @@
 """Train a DDPM with the data, model and recipe of a config file.
 
-  python train.py --config Configs/config.yaml [--resume [PATH]] [section.key=value ...]
+  python train.py --config Configs/config.yaml [--resume [PATH]] [--threads N] [section.key=value ...]
+  python train.py --config digits ...                 (a preset name under Configs/ works too)
   torchrun --nproc_per_node=N train.py --config ...   (DDP: train.batch_size is per process)
 
 A new run writes to <log.root>/<log.run_name>/ and refuses a folder that already exists, so
@@ -13,29 +14,31 @@ or one before training started).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from diffusion.cli import Parser, add_config_flag, add_threads_flag, config_path, set_threads
 from diffusion.config import load_config
 from diffusion.errors import run_cli
 from diffusion.trainer import NonFiniteLossError, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, metavar="PATH", help="YAML config file (see Configs/)")
+    parser = Parser(__doc__)
+    add_config_flag(parser, required=True)
     parser.add_argument(
         "--resume", nargs="?", const=True, default=None, metavar="PATH",
         help="continue a run: from PATH (a checkpoint, or a run folder's checkpoints/last.pt), or without PATH"
         " the run named by log.run_name, else the newest <log.root>/<config name>-* run",
     )
+    add_threads_flag(parser)
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.lr=1e-4")
     args = parser.parse_intermixed_args(argv)
     resume, overrides = args.resume, list(args.overrides)
     if isinstance(resume, str) and "=" in resume and not Path(resume).exists():  # `--resume key=value`
         resume, overrides = True, [resume, *overrides]
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(config_path(args.config), overrides)
+    set_threads(args.threads)
     try:
         train(cfg, resume)
     except NonFiniteLossError as err:

@@ -7,7 +7,7 @@ by round so that background load hits both alike. Each process reports the media
 calls of the wall time, the system time (the kernel's share: page faults, zeroing new pages)
 and the page faults; the table gives the median over the rounds.
 
-    python benchmarks/bench_allocator.py [--preset digits] [--threads 1] [--rounds 3] [--calls 5]
+    python benchmarks/bench_allocator.py [--config digits] [--threads 1] [--rounds 3] [--calls 5]
 """
 
 from __future__ import annotations
@@ -23,21 +23,18 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.bench_models import (  # noqa: E402
+from benchmarks.bench_models import (
     Mode,
     fixed_batch,
     load_preset,
     make_steps,
     preset_batch,
-    set_threads,
 )
-from diffusion.device import tune_host_allocator  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.schedule import NoiseSchedule  # noqa: E402
-from models import UNet  # noqa: E402
+from diffusion.cli import Parser, add_config_flag, add_threads_flag, positive_int, set_threads
+from diffusion.device import tune_host_allocator
+from diffusion.errors import UserError, run_cli
+from diffusion.schedule import NoiseSchedule
+from models import build_model
 
 SETTINGS = ("default", "kept")
 KINDS = ("train", "sample")
@@ -49,7 +46,7 @@ def measure(preset: str, kind: str, calls: int) -> dict[str, float]:
     device = torch.device("cpu")
     x0, noise, t = fixed_batch(cfg, preset_batch(name, cfg, device), device)
     train_step, sample_call = make_steps(
-        UNet(**vars(cfg.model)), Mode.parse("fp32"), device, NoiseSchedule.from_config(cfg.diffusion), x0, noise, t
+        build_model(cfg), Mode.parse("fp32"), device, NoiseSchedule.from_config(cfg.diffusion), x0, noise, t
     )
     fn = train_step if kind == "train" else sample_call
     fn(), fn()
@@ -66,38 +63,36 @@ def measure(preset: str, kind: str, calls: int) -> dict[str, float]:
 
 def run_worker(setting: str, preset: str, kind: str, threads: int, calls: int) -> dict[str, float]:
     """One measurement in a fresh process."""
-    cmd = [sys.executable, __file__, "--worker", setting, kind, "--preset", preset,
+    cmd = [sys.executable, __file__, "--worker", setting, kind, "--config", preset,
            "--threads", str(threads), "--calls", str(calls)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise UserError(f"the {setting} {kind} measurement of {preset} failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", nargs="+", default=["digits"],
-                        help="preset names under Configs/ or YAML paths (default: digits)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--rounds", type=int, default=3, help="processes per setting and measurement (default 3)")
-    parser.add_argument("--calls", type=int, default=5, help="timed calls per process (default 5)")
+    parser = Parser(__doc__)
+    add_config_flag(parser, multiple=True, default=["digits"])
+    add_threads_flag(parser)
+    parser.add_argument("--rounds", type=positive_int, default=3, help="processes per setting and measurement (default 3)")
+    parser.add_argument("--calls", type=positive_int, default=5, help="timed calls per process (default 5)")
     parser.add_argument("--worker", nargs=2, metavar=("SETTING", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if min(args.threads, args.rounds, args.calls) < 1:
-        raise UserError("--threads, --rounds and --calls must be at least 1")
     if args.worker:  # inside one measurement's process
         setting, kind = args.worker
         if setting == "kept" and not tune_host_allocator(torch.device("cpu")):
             raise UserError("keeping freed memory needs glibc (Linux); nothing to compare on this platform")
-        set_threads(args)
-        print(json.dumps(measure(args.preset[0], kind, args.calls)))
+        set_threads(args.threads)
+        print(json.dumps(measure(args.config[0], kind, args.calls)))
         return
-    print(f"{args.threads} thread(s), {args.rounds} round(s) of {args.calls} call(s); medians")
+    set_threads(args.threads)
+    print(f"{torch.get_num_threads()} thread(s), {args.rounds} round(s) of {args.calls} call(s); medians")
     print("| preset | measurement | allocator | ms | system ms | page faults |")
     print("|---|---|---|---:|---:|---:|")
-    for preset in args.preset:
+    for preset in args.config:
         for kind in KINDS:
-            rounds = [{s: run_worker(s, preset, kind, args.threads, args.calls) for s in SETTINGS}
+            rounds = [{s: run_worker(s, preset, kind, torch.get_num_threads(), args.calls) for s in SETTINGS}
                       for _ in range(args.rounds)]
             for setting in SETTINGS:
                 med = {key: statistics.median(r[setting][key] for r in rounds) for key in rounds[0][setting]}

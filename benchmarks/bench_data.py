@@ -1,7 +1,7 @@
 """Throughput of the data pipeline on a generated image folder: preparing the uint8 cache once
 (decode, centre-crop, resize) and then streaming training batches from it with ``BatchIterator``.
 
-    python benchmarks/bench_data.py [--images 4096] [--size 64] [--batch 128] [--device cpu] [--threads 1]
+    python benchmarks/bench_data.py [--images 4096] [--size 64] [--batch-size 128] [--device cpu] [--threads 1]
 
 The folder holds ``--images`` random JPEGs of 1.5x the training size, so that the cache build
 really resizes; it lives in a temporary directory that is removed afterwards.
@@ -9,8 +9,6 @@ really resizes; it lives in a temporary directory that is removed afterwards.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,13 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.bench_models import add_threads_flag, set_threads  # noqa: E402
-from diffusion.config import DataConfig  # noqa: E402
-from diffusion.data import BatchIterator, prepare_dataset  # noqa: E402
-from diffusion.device import resolve_device  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
+from diffusion.cli import Parser, add_device_flag, add_threads_flag, positive_int, set_threads
+from diffusion.config import DataConfig
+from diffusion.data import BatchIterator, prepare_dataset
+from diffusion.device import resolve_device
+from diffusion.errors import UserError, run_cli
 
 
 def write_image_folder(root: Path, count: int, size: int, seed: int = 0) -> None:
@@ -62,23 +58,23 @@ def bench_data(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=4096, help="images in the generated folder (default 4096)")
-    parser.add_argument("--size", type=int, default=64, help="training image size in pixels (default 64)")
-    parser.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = Parser(__doc__)
+    parser.add_argument("--images", type=positive_int, default=4096, help="images in the generated folder (default 4096)")
+    parser.add_argument("--size", type=positive_int, default=64, help="training image size in pixels (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default 128)")
+    add_device_flag(parser)
     parser.add_argument("--workers", type=int, default=2, help="processes that build the cache (default 2)")
     add_threads_flag(parser)
     args = parser.parse_args(argv)
-    set_threads(args)
-    if args.images < args.batch:
-        raise UserError(f"--images ({args.images}) must be at least --batch ({args.batch})")
+    set_threads(args.threads)
+    if args.images < args.batch_size:
+        raise UserError(f"--images ({args.images}) must be at least --batch-size ({args.batch_size})")
     device = resolve_device(args.device, "--device")
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         root = Path(tmp)
         write_image_folder(root / "images", args.images, args.size)
-        result = bench_data(root, args.size, args.batch, device, args.workers)
-    print(f"{args.images} JPEGs -> {args.size}x{args.size}, batch {args.batch}, {args.device}, "
+        result = bench_data(root, args.size, args.batch_size, device, args.workers)
+    print(f"{args.images} JPEGs -> {args.size}x{args.size}, batch {args.batch_size}, {device}, "
           f"{torch.get_num_threads()} torch thread(s)")
     for name, value in result.items():
         print(f"{name:>14}: {value:,.0f}")

@@ -8,27 +8,23 @@ and the load of the converted file as a plain checkpoint. Then the imported CIFA
 and a native one (``Configs/ddpm_cifar10.yaml``, symmetric padding) are timed on network calls
 (the cost of a sampler step), alternating call by call, in one process. Needs diffusers (the 'bench' extra).
 
-    python benchmarks/bench_import.py [--layouts cifar10 256px] [--threads 2] [--calls 20] [--batch-size 8]
+    python benchmarks/bench_import.py [--layouts cifar10 256px] [--threads 1] [--repeats 3] [--calls 20] [--batch-size 8]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.bench_models import add_threads_flag, load_preset, set_threads  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.generate import load_model  # noqa: E402
-from models import UNet  # noqa: E402
+from benchmarks.bench_models import interleaved_medians, load_preset
+from diffusion.cli import Parser, add_threads_flag, positive_int, set_threads
+from diffusion.errors import UserError, run_cli
+from diffusion.generate import load_model
+from models import build_model
 
 PAPER = {"act_fn": "silu", "attention_head_dim": None, "downsample_padding": 0, "flip_sin_to_cos": False,
          "freq_shift": 1, "layers_per_block": 2, "norm_eps": 1e-06, "norm_num_groups": 32}
@@ -40,6 +36,7 @@ LAYOUTS = {
               "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
               "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4},
 }
+CPU = torch.device("cpu")
 
 
 def random_pipeline(layout: str, folder: Path) -> torch.nn.Module:
@@ -56,37 +53,15 @@ def random_pipeline(layout: str, folder: Path) -> torch.nn.Module:
     return unet
 
 
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
-
-
-def call_seconds(models: dict[str, torch.nn.Module], batch: int, rounds: int) -> dict[str, list[float]]:
-    """Seconds per network call (a DDPM step's cost) of each model, the models alternating call by
-    call so that a busy machine slows both alike; one warm-up round first."""
-    size = next(iter(models.values())).image_size
-    x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
-    t = torch.full((batch,), 500)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for round_ in range(rounds + 1):
-            for name, model in models.items():
-                _, seconds = timed(lambda model=model: model(x, t))
-                if round_:
-                    times[name].append(seconds)
-    return times
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(__doc__)
     parser.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
-    parser.add_argument("--repeats", type=int, default=3, help="alternating timings of each load")
-    parser.add_argument("--calls", type=int, default=20, help="alternating timed network calls of each model")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per network call in the sampling comparison")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="alternating timed loads of each kind")
+    parser.add_argument("--calls", type=positive_int, default=20, help="alternating timed network calls of each model")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per network call (default: 8)")
     add_threads_flag(parser)
     args = parser.parse_args(argv)
-    set_threads(args)
+    set_threads(args.threads)
     try:
         import diffusers  # noqa: F401
     except ImportError as err:
@@ -94,37 +69,44 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-import-"))
     os.environ["DDPM_CACHE"] = str(work / "cache")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"loads: the first, then the median of {args.repeats} alternating loads of each")
+    print(f"loads: the first, then the median of {args.repeats} alternating loads of each kind")
     print("| layout | parameters | max abs output difference | first load (conversion) | cached load | checkpoint load |")
     print("| --- | --- | --- | --- | --- | --- |")
     imported = {}
     for layout in args.layouts:
         theirs = random_pipeline(layout, work / layout)
-        loaded, first = timed(lambda layout=layout: load_model(work / layout))
-        loads: dict[str, list[float]] = {"cached": [], "native": []}
-        for _ in range(args.repeats):  # alternating: the folder (its cached conversion), the converted file itself
-            loads["cached"].append(timed(lambda layout=layout: load_model(work / layout))[1])
-            loads["native"].append(timed(lambda loaded=loaded: load_model(loaded.path))[1])
-        cached, native = (statistics.median(v) for v in loads.values())
+        start = time.perf_counter()
+        loaded = load_model(work / layout)
+        first = time.perf_counter() - start
+        loads = interleaved_medians(
+            {"cached": lambda layout=layout: load_model(work / layout),  # the folder: its cached conversion
+             "native": lambda loaded=loaded: load_model(loaded.path)},  # the converted file itself
+            args.repeats, CPU,
+        )
         size = LAYOUTS[layout]["sample_size"]
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             diff = max((loaded.model(x, torch.tensor([t])) - theirs(x, torch.tensor([t])).sample).abs().max().item()
                        for t in (0, 500, 999))
         n = sum(p.numel() for p in loaded.model.parameters())
-        print(f"| {layout} | {n / 1e6:.1f}M | {diff:.2e} | {first:.2f} s | {cached:.2f} s | {native:.2f} s |", flush=True)
+        print(f"| {layout} | {n / 1e6:.1f}M | {diff:.2e} | {first:.2f} s | {loads['cached']:.2f} s | {loads['native']:.2f} s |",
+              flush=True)
         imported[layout] = loaded
         del theirs
     if "cifar10" in imported:
         _, cfg = load_preset("ddpm_cifar10")
-        native = UNet(**vars(cfg.model)).eval().to(memory_format=torch.channels_last)  # as load_model does on a CPU
+        native = build_model(cfg).eval().to(memory_format=torch.channels_last)  # as load_model does on a CPU
+        x = torch.randn(args.batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
+        t = torch.full((args.batch_size,), 500)
         models = {"imported (tf_same padding)": imported["cifar10"].model, "native (symmetric padding)": native}
-        times = call_seconds(models, args.batch_size, args.calls)
-        print(f"\nCIFAR-10 layout: seconds per network call on {args.batch_size} images, {args.calls} alternating calls each")
-        print("| model | median | min | max |")
-        print("| --- | --- | --- | --- |")
-        for name, values in times.items():
-            print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+        with torch.inference_mode():
+            calls = interleaved_medians({name: lambda m=m: m(x, t) for name, m in models.items()}, args.calls, CPU)
+        print(f"\nCIFAR-10 layout: median seconds per network call on {args.batch_size} images, {args.calls} alternating calls each")
+        print("| model | seconds per call |")
+        print("| --- | --- |")
+        for name, value in calls.items():
+            print(f"| {name} | {value:.3f} |")
+
 
 if __name__ == "__main__":
     run_cli(main)

@@ -18,7 +18,7 @@ is measured (its time goes to stderr), so a run cut short keeps what it measured
 ``--diffusers-modes`` limits the modes in which diffusers runs too (fp32, the reference, always
 does): each compiled mode costs two compilations per model, minutes on a GPU lease.
 
-    python benchmarks/bench_models.py [--preset ddpm_cifar10 digits] [--device cpu] [--threads 1]
+    python benchmarks/bench_models.py [--config ddpm_cifar10 digits] [--device cpu] [--threads 1]
                                       [--repeats 5] [--modes bf16 channels_last+compile] [--markdown]
                                       [--diffusers-modes fp32 bf16]
 
@@ -41,17 +41,23 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from diffusion.cli import (
+    Parser,
+    add_config_flag,
+    add_device_flag,
+    add_threads_flag,
+    config_path,
+    positive_int,
+    set_threads,
+)
+from diffusion.config import Config, ModelConfig, load_config
+from diffusion.device import compile_network, resolve_device, tune_host_allocator
+from diffusion.diffusers_format import unet_config
+from diffusion.errors import UserError, run_cli
+from diffusion.schedule import NoiseSchedule
+from models import UNet
 
-from diffusion.config import Config, ModelConfig, load_config  # noqa: E402
-from diffusion.device import compile_network, resolve_device, tune_host_allocator  # noqa: E402
-from diffusion.diffusers_format import unet_config  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.schedule import NoiseSchedule  # noqa: E402
-from models import UNet  # noqa: E402
-
-# Batch sizes of the table in the README: small on a CPU, a training batch on a GPU.
+# Batch sizes of the tables in docs/results.md: small on a CPU, a training batch on a GPU.
 PRESET_BATCH = {
     "cpu": {"ddpm_cifar10": 8, "digits": 64, "config": 4},
     "cuda": {"ddpm_cifar10": 128, "digits": 64, "config": 64},
@@ -160,32 +166,20 @@ def add_allocator_flag(parser: argparse.ArgumentParser) -> None:
                         " train.py and inference.py do)")
 
 
-def add_threads_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-
-
-def set_threads(args: argparse.Namespace) -> None:
-    """Apply ``--threads`` where given."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-
-
 def set_up_allocator(args: argparse.Namespace, device: torch.device) -> bool:
     """Keep freed host memory unless ``--default-allocator``; whether it is kept."""
     return not args.default_allocator and tune_host_allocator(device)
 
 
 def preset_batch(preset: str, cfg: Config, device: torch.device) -> int:
-    """The README table's batch for a preset name; a YAML path (even one named ``config.yaml``)
+    """The results tables' batch for a preset name; a YAML path (even one named ``config.yaml``)
     uses its own ``train.batch_size``."""
     return PRESET_BATCH[device.type].get(preset, cfg.train.batch_size)
 
 
 def load_preset(preset: str) -> tuple[str, Config]:
     """A preset name (``Configs/<name>.yaml``) or the path of a YAML config."""
-    path = Path(preset) if preset.endswith((".yaml", ".yml")) else ROOT / "Configs" / f"{preset}.yaml"
+    path = config_path(preset)
     return path.stem, load_config(path)
 
 
@@ -432,11 +426,10 @@ def table_line(cells: list[str], markdown: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", nargs="+", default=["ddpm_cifar10", "digits"],
-                        help="preset names under Configs/ or YAML paths (default: ddpm_cifar10 digits)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median; default 5)")
+    parser = Parser(__doc__)
+    add_config_flag(parser, multiple=True, default=["ddpm_cifar10", "digits"])
+    add_device_flag(parser)
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed calls per measurement (median; default 5)")
     add_threads_flag(parser)
     parser.add_argument("--modes", nargs="+", type=Mode.parse, default=[Mode.parse(m) for m in DEFAULT_MODES],
                         help="rows besides fp32: fp32 or +-joined bf16, channels_last, compile, cudagraphs, "
@@ -444,19 +437,17 @@ def main(argv: list[str] | None = None) -> None:
                         "channels_last+compile (default: fp32 bf16 channels_last; compiling takes minutes on a CPU)")
     parser.add_argument("--diffusers-modes", nargs="+", type=Mode.parse, default=None, metavar="MODE",
                         help="the modes in which diffusers runs too (default: all; fp32 always)")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table for the README")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     add_allocator_flag(parser)
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
     unknown = {m.name for m in args.diffusers_modes or []} - {m.name for m in args.modes} - {"fp32"}
     if unknown:
         raise UserError(f"--diffusers-modes: {', '.join(sorted(unknown))} not among --modes")
     device = resolve_device(args.device, "--device")
     kept = set_up_allocator(args, device)
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
-    set_threads(args)
-    notes, results = run_benchmark(args.preset, args.modes, device, args.repeats, args.diffusers_modes)
+    set_threads(args.threads)
+    notes, results = run_benchmark(args.config, args.modes, device, args.repeats, args.diffusers_modes)
     notes.append(f"host allocator: {'freed memory kept' if kept else 'as the platform sets it'}")
     print("\n".join(notes), flush=True)
     for item in results:  # a preset's note, then its rows as they are measured

@@ -5,36 +5,37 @@ The network is freshly initialised: a step costs the same whatever the weights. 
 (every step makes one network call of the same cost), which makes the 64x64 model measurable
 on a CPU.
 
-    python benchmarks/bench_sampling.py [--preset digits config] [--device cpu] [--threads 1]
+    python benchmarks/bench_sampling.py [--config digits config] [--device cpu] [--threads 1]
                                         [--num-samples 64] [--max-steps 5] [--channels-last]
                                         [--precision auto]
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.bench_models import (  # noqa: E402
+from benchmarks.bench_models import (
     add_allocator_flag,
-    add_threads_flag,
     load_preset,
-    set_threads,
     set_up_allocator,
     synchronize,
 )
-from diffusion.device import PRECISIONS, autocast_dtype, precision_name, resolve_device  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.samplers import NoiseStreams, reverse_process  # noqa: E402
-from diffusion.schedule import NoiseSchedule  # noqa: E402
-from models import UNet  # noqa: E402
+from diffusion.cli import (
+    Parser,
+    add_config_flag,
+    add_device_flag,
+    add_threads_flag,
+    positive_int,
+    set_threads,
+)
+from diffusion.device import PRECISIONS, autocast_dtype, precision_name, resolve_device
+from diffusion.errors import run_cli
+from diffusion.samplers import NoiseStreams, reverse_process
+from diffusion.schedule import NoiseSchedule
+from models import build_model
 
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm++", 20))
 
@@ -58,32 +59,29 @@ def sampling_seconds(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", nargs="+", default=["digits", "config"],
-                        help="preset names under Configs/ or YAML paths (default: digits config)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = Parser(__doc__)
+    add_config_flag(parser, multiple=True, default=["digits", "config"])
+    add_device_flag(parser)
     add_threads_flag(parser)
-    parser.add_argument("--num-samples", type=int, default=64, help="images sampled in one batch (default 64)")
-    parser.add_argument("--max-steps", type=int, default=None,
+    parser.add_argument("--num-samples", type=positive_int, default=64, help="images sampled in one batch (default 64)")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="run at most this many steps per sampler and extrapolate (default: all)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="autocast precision, as inference.py --precision (default auto: bf16 on CUDA, else fp32)")
     add_allocator_flag(parser)
     args = parser.parse_args(argv)
-    if args.num_samples < 1 or (args.max_steps is not None and args.max_steps < 1):
-        raise UserError("--num-samples and --max-steps must be at least 1")
     device = resolve_device(args.device, "--device")
     dtype = autocast_dtype(args.precision, device, "--precision")
     kept = set_up_allocator(args, device)
-    set_threads(args)
-    print(f"{args.num_samples} images, {args.device}, {precision_name(dtype)}, {torch.get_num_threads()} thread(s)"
+    set_threads(args.threads)
+    print(f"{args.num_samples} images, {device}, {precision_name(dtype)}, {torch.get_num_threads()} thread(s)"
           f"{', channels-last' if args.channels_last else ''}{', freed host memory kept' if kept else ''}")
     print("| preset | sampler | steps | seconds | ms per step |")
     print("|---|---|---:|---:|---:|")
-    for preset in args.preset:
+    for preset in args.config:
         name, cfg = load_preset(preset)
-        model = UNet(**vars(cfg.model)).to(device).eval()
+        model = build_model(cfg).to(device).eval()
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
         schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)

@@ -9,14 +9,14 @@ the preset's own sampler in a digit classifier's feature space), sampled in the 
 precision and, with ``--cross-sample``, also in the other one: that tells a quality difference
 made by training from one made by sampling.
 
-On a CPU without bf16 instructions oneDNN runs bf16 through slow fallback kernels (a digits
-training step takes 5 s instead of 0.4 s), so ``--kernels auto`` emulates them there: every
+On a CPU without bf16 instructions oneDNN runs bf16 through fallback kernels more than ten
+times slower than fp32 (docs/results.md#bf16-on-cpus), so ``--kernels auto`` emulates them there: every
 matrix product and convolution that autocast hands to bf16 is computed in fp32 from the same
 bf16-rounded inputs and its output rounded to bf16, which is bf16 arithmetic with fp32
 accumulation, as on bf16 hardware; everything else runs under the real autocast. Against the
 fallback kernels the emulation matches convolutions forward to the last bit; their linear layers
 (bias added after rounding), attention and convolution backward round once more inside, about
-one bf16 ulp (0.1-0.4%) apart (``tests/test_benchmarks.py``).
+one bf16 ulp apart (``tests/test_benchmarks.py``).
 
     python benchmarks/cpu_bf16.py [--steps 500] [--seeds 0 1 2] [--num-samples 500]
                                   [--kernels auto|emulated|native] [--out Models] [--root Data]
@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,29 +37,26 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.digits_quality import (  # noqa: E402
+from benchmarks.digits_quality import (
     DigitClassifier,
     digits_data,
     quality,
     sampler_options,
     trained_classifier,
-)  # noqa: E402
-from diffusion.config import load_config  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.generate import load_model  # noqa: E402
-from diffusion.samplers import generate_from  # noqa: E402
-from diffusion.trainer import train  # noqa: E402
+)
+from diffusion.cli import config_path
+from diffusion.config import load_config
+from diffusion.errors import UserError, run_cli
+from diffusion.generate import load_model
+from diffusion.samplers import generate_from
+from diffusion.trainer import train
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (x86: AVX-512 BF16 or AMX; Arm: the BF16
-    extension). Elsewhere oneDNN falls back to slow kernels: on an AVX2 core a digits training
-    step takes 12x as long in bf16 as in fp32."""
+    extension). Elsewhere oneDNN falls back to slow kernels (docs/results.md#bf16-on-cpus)."""
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -109,7 +105,7 @@ def logged_losses(run_dir: Path) -> dict[int, float]:
 
 
 def train_run(precision: str, seed: int, steps: int, out: Path, emulate: bool, root: str) -> Path:
-    cfg = load_config(ROOT / "Configs" / "digits.yaml", [f"data.root={root}",
+    cfg = load_config(config_path("digits"), [f"data.root={root}",
         f"train.steps={steps}", f"train.seed={seed}", f"train.precision={precision}",
         f"train.checkpoint_every={steps}", "log.sample_every=0", f"log.log_every={min(50, steps)}",
         f"log.root={out}", f"log.run_name={precision}-seed{seed}",

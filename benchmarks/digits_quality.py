@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -23,15 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.config import SampleConfig  # noqa: E402
-from diffusion.data import prepare_dataset  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.fid import compare_image_sets  # noqa: E402
-from diffusion.generate import load_model  # noqa: E402
-from diffusion.media import to_uint8  # noqa: E402
-from diffusion.samplers import SAMPLERS, generate_from  # noqa: E402
+from diffusion.config import SampleConfig
+from diffusion.data import prepare_dataset
+from diffusion.errors import UserError, run_cli
+from diffusion.fid import compare_image_sets
+from diffusion.generate import load_model
+from diffusion.media import to_uint8
+from diffusion.samplers import SAMPLERS, generate_from
 
 
 class DigitClassifier(nn.Module):

@@ -17,8 +17,8 @@
 #             resumed to 400 under torchrun, then inference.py (DDPM, and DDIM compiled);
 #             grid.png and grid-compiled.png are kept.
 #
-# A cold torch.compile of a U-Net takes about 45 s per graph on an H200 host (training and
-# sampling are two), so the stages do not fit one 10-minute call: name the ones to run. Each stage has
+# A cold torch.compile of a U-Net takes most of a minute per graph (training and sampling are
+# two; docs/results.md#gpu-h200), so the stages do not fit one 10-minute call: name the ones to run. Each stage has
 # a time limit, cut so that the whole script ends within BUDGET seconds (default 560), and one
 # that fails does not stop the others. Logs go to OUTDIR (default out/gpu/), one per stage,
 # with each stage's exit status and time in summary.txt; the tables are printed last. The
@@ -107,13 +107,13 @@ bench=("$py" benchmarks/bench_models.py --device cuda --repeats 20 --markdown)
 for name in "${stages[@]}"; do
     case $name in
         tests) stage tests 150 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_samplers.py -k "cuda or gpu" ;;
-        cifar10) stage cifar10 120 "${bench[@]}" --preset ddpm_cifar10 --modes bf16 bf16+channels_last ;;
-        compiled) stage compiled 400 "${bench[@]}" --preset ddpm_cifar10 \
+        cifar10) stage cifar10 120 "${bench[@]}" --config ddpm_cifar10 --modes bf16 bf16+channels_last ;;
+        compiled) stage compiled 400 "${bench[@]}" --config ddpm_cifar10 \
             --modes bf16+cudagraphs bf16+cudagraphs+inductor_layout bf16+compile --diffusers-modes fp32 ;;
-        profile) stage profile 240 "$py" benchmarks/profile_step.py --preset ddpm_cifar10 \
-            --mode bf16+compile bf16+compile+inductor_layout --rows 30 ;;
+        profile) stage profile 240 "$py" benchmarks/profile_step.py --config ddpm_cifar10 \
+            --modes bf16+compile bf16+compile+inductor_layout --rows 30 ;;
         sampling) stage sampling 60 "$py" benchmarks/bench_sampling.py --device cuda --precision bf16 --max-steps 200 ;;
-        celeba) stage celeba 300 "${bench[@]}" --preset config --modes bf16 bf16+compile bf16+cudagraphs --diffusers-modes bf16 ;;
+        celeba) stage celeba 300 "${bench[@]}" --config config --modes bf16 bf16+compile bf16+cudagraphs --diffusers-modes bf16 ;;
         e2e) stage e2e 200 bash -c end_to_end ;;
     esac
 done

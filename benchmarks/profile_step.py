@@ -11,14 +11,12 @@ kernels point at launch latency and tails). Each kernel counts once: not again f
 that launched it, nor for the profiler's annotation ranges around compiled graphs and optimizer
 steps. On a CPU the kinds sort the operators' own times.
 
-    python benchmarks/profile_step.py [--preset ddpm_cifar10] [--device cuda] [--mode bf16+compile ...]
-                                      [--batch 128] [--calls 5] [--rows 25] [--trace trace.json]
+    python benchmarks/profile_step.py [--config ddpm_cifar10] [--device cuda] [--modes bf16+compile ...]
+                                      [--batch-size 128] [--calls 5] [--rows 25] [--trace trace.json]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,22 +26,26 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.bench_models import (  # noqa: E402
+from benchmarks.bench_models import (
     Mode,
-    add_threads_flag,
     fixed_batch,
     load_preset,
     make_steps,
     preset_batch,
-    set_threads,
     synchronize,
 )
-from diffusion.device import resolve_device  # noqa: E402
-from diffusion.errors import UserError, run_cli  # noqa: E402
-from diffusion.schedule import NoiseSchedule  # noqa: E402
-from models import UNet  # noqa: E402
+from diffusion.cli import (
+    Parser,
+    add_config_flag,
+    add_device_flag,
+    add_threads_flag,
+    positive_int,
+    set_threads,
+)
+from diffusion.device import resolve_device
+from diffusion.errors import run_cli
+from diffusion.schedule import NoiseSchedule
+from models import build_model
 
 # Kinds of kernels (CUDA) or operators (CPU), by a substring of the lower-case name; the first
 # match wins (Triton kernels' names list the operators they fuse, convolution among them).
@@ -110,33 +112,31 @@ def profile_calls(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="ddpm_cifar10", help="a preset under Configs/ or a YAML path (default: ddpm_cifar10)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--mode", nargs="+", type=Mode.parse, default=None,
+    parser = Parser(__doc__)
+    add_config_flag(parser, default="ddpm_cifar10")
+    add_device_flag(parser)
+    parser.add_argument("--modes", nargs="+", type=Mode.parse, default=None,
                         help="fp32 or +-joined bf16, channels_last, compile, cudagraphs, inductor_layout; several"
                         " are profiled in turn (default: bf16+compile on CUDA, fp32 on CPU)")
-    parser.add_argument("--batch", type=int, default=None, help="images per call (default: as bench_models.py)")
-    parser.add_argument("--calls", type=int, default=5, help="profiled calls of each kind (default 5)")
-    parser.add_argument("--rows", type=int, default=25, help="operators listed per table (default 25)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="images per call (default: as bench_models.py)")
+    parser.add_argument("--calls", type=positive_int, default=5, help="profiled calls of each kind (default 5)")
+    parser.add_argument("--rows", type=positive_int, default=25, help="operators listed per table (default 25)")
     add_threads_flag(parser)
     parser.add_argument("--trace", type=Path, default=None,
                         help="also write Chrome traces: PATH with -MODE-train / -MODE-sample before its suffix")
     args = parser.parse_args(argv)
-    if args.calls < 1 or args.rows < 1 or (args.batch is not None and args.batch < 1):
-        raise UserError("--calls, --rows and --batch must be at least 1")
     device = resolve_device(args.device, "--device")
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in the trainer
-    set_threads(args)
-    modes = args.mode or [Mode.parse("bf16+compile" if device.type == "cuda" else "fp32")]
-    name, cfg = load_preset(args.preset)
-    batch = args.batch or preset_batch(args.preset, cfg, device)
+    set_threads(args.threads)
+    modes = args.modes or [Mode.parse("bf16+compile" if device.type == "cuda" else "fp32")]
+    name, cfg = load_preset(args.config)
+    batch = args.batch_size or preset_batch(args.config, cfg, device)
     size = cfg.model.image_size
     x0, noise, t = fixed_batch(cfg, batch, device)
     schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} thread(s)"
     for i, mode in enumerate(modes):
-        train_step, sample_call = make_steps(UNet(**vars(cfg.model)), mode, device, schedule, x0, noise, t)
+        train_step, sample_call = make_steps(build_model(cfg), mode, device, schedule, x0, noise, t)
         print(f"{chr(10) * 2 if i else ''}{name}, {size}x{size}, batch {batch}, {mode.name}, {device} ({where})")
         for label, fn in (("train", train_step), ("sample", sample_call)):
             trace = args.trace.with_name(f"{args.trace.stem}-{mode.name}-{label}{args.trace.suffix}") if args.trace else None

@@ -73,10 +73,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this value (0: no clipping)
     ema_decay: float = 0.9999  # EMA decay; the effective decay is min(ema_decay, (1 + n) / (10 + n)) after n updates
     ema_every: int = 1  # update the EMA weights every this many steps
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, fp32 elsewhere (why: the README's 'bf16 on CPUs')
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, fp32 elsewhere (why: docs/results.md#bf16-on-cpus)
     compile: bool = False  # torch.compile the model (on CUDA its graph keeps activations channels-last; the model stays NCHW)
     cuda_graphs: bool = False  # with compile on CUDA: replay the compiled model as CUDA graphs (torch.compile mode reduce-overhead); no effect on other devices
-    channels_last: bool = False  # channels-last memory format for the model and batches (on CUDA it slowed training, eager and compiled)
+    channels_last: bool = False  # channels-last memory format for the model and batches (off by default: docs/results.md#gpu-h200)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto picks cuda, then mps, then cpu
     seed: int = 0  # seeds data order, noise, dropout and flips (each process adds its rank)
     checkpoint_every: int = 5000  # write checkpoints/step_XXXXXXX.pt and last.pt every this many steps
@@ -254,11 +254,6 @@ def validate(cfg: Config, source: str = "config") -> Config:
         "train.ema_every": cfg.train.ema_every,
         "train.checkpoint_every": cfg.train.checkpoint_every,
         "train.keep_checkpoints": cfg.train.keep_checkpoints,
-        "sample.steps": cfg.sample.steps,
-        "sample.num_samples": cfg.sample.num_samples,
-        "sample.batch_size": cfg.sample.batch_size,
-        "sample.frames": cfg.sample.frames,
-        "sample.fps": cfg.sample.fps,
         "log.log_every": cfg.log.log_every,
         "log.sample_count": cfg.log.sample_count,
         "log.sample_steps": cfg.log.sample_steps,
@@ -281,8 +276,7 @@ def validate(cfg: Config, source: str = "config") -> Config:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{source}: {key}: expected a value >= 0, got {value}")
-    if not 0.0 <= cfg.sample.eta <= 1.0:  # a config error now, not a sampler error at the first sample grid
-        raise ConfigError(f"{source}: sample.eta: expected a value in [0, 1], got {cfg.sample.eta}")
+    check_sampling(cfg.sample, cfg.diffusion.timesteps, source)
     m = cfg.model
     if m.head_dim is not None and m.head_dim <= 0:
         raise ConfigError(f"{source}: model.head_dim: expected a positive integer or null, got {m.head_dim}")
@@ -322,10 +316,23 @@ def validate(cfg: Config, source: str = "config") -> Config:
             f"{source}: diffusion.timesteps ({d.timesteps}) is too small for the linear schedule: its betas are"
             f" scaled by 1000/T, so T must exceed 1000 * beta_end = {1000 * d.beta_end:g}"
         )
-    for key, s in (("sample.steps", cfg.sample.steps), ("log.sample_steps", cfg.log.sample_steps)):
-        if s > d.timesteps:
-            raise ConfigError(f"{source}: {key} ({s}) must be <= diffusion.timesteps ({d.timesteps})")
+    if cfg.log.sample_steps > d.timesteps:
+        raise ConfigError(f"{source}: log.sample_steps: {cfg.log.sample_steps} is more than diffusion.timesteps ({d.timesteps})")
     return cfg
+
+
+def check_sampling(options: SampleConfig, timesteps: int, source: str = "") -> None:
+    """The one check of sampling options against a model's T, shared by config files,
+    ``inference.py``'s flags (which override the ``sample`` section) and the notebooks."""
+    where = f"{source}: " if source else ""
+    for name in ("num_samples", "batch_size", "steps", "frames", "fps"):
+        value = getattr(options, name)
+        if value < 1:
+            raise ConfigError(f"{where}sample.{name}: expected a positive integer, got {value}")
+    if options.steps > timesteps:
+        raise ConfigError(f"{where}sample.steps: {options.steps} is more than diffusion.timesteps ({timesteps})")
+    if not 0.0 <= options.eta <= 1.0:
+        raise ConfigError(f"{where}sample.eta: expected a value in [0, 1], got {options.eta}")
 
 
 def from_dict(raw: dict[str, Any], source: str = "config", name: str = "config") -> Config:

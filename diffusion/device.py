@@ -44,7 +44,7 @@ def resolve_device(name: str, what: str = "device", local_rank: int = 0) -> torc
 
 def autocast_dtype(precision: str, device: torch.device, what: str = "precision") -> torch.dtype | None:
     """The autocast dtype of a precision name (None: no autocast, fp32). ``auto`` is bf16 on CUDA,
-    else fp32 (on CPUs bf16 training cost sample quality: README, Results)."""
+    else fp32: on CPUs bf16 training cost sample quality (docs/results.md#bf16-on-cpus)."""
     if precision not in PRECISIONS:
         raise UserError(f"{what}: expected one of {', '.join(PRECISIONS)}, got '{precision}'")
     if precision == "auto":
@@ -63,16 +63,14 @@ def compile_network(
     model: torch.nn.Module, device: torch.device, cuda_graphs: bool = True, channels_last_graph: bool = True
 ) -> torch.nn.Module:
     """``torch.compile(model)``; on CUDA the compiled calls are replayed as CUDA graphs with
-    ``cuda_graphs`` (torch.compile's ``reduce-overhead`` mode; on an H200: +13% training, 1.2x a
-    network call), and with ``channels_last_graph`` the graph keeps its activations channels-last.
+    ``cuda_graphs`` (torch.compile's ``reduce-overhead`` mode), and with ``channels_last_graph``
+    the graph keeps its activations channels-last.
 
-    Inductor stores a graph's activations channels-last only where its heuristic expects a gain,
-    and for training it expects none for a U-Net: some of its decoder's 3x3 convolutions have at
-    least twice as many input as output channels. cuDNN's bf16 convolutions run channels-last all
-    the same, so in NCHW every convolution converted its tensors there and back: 23% of the GPU
-    time of a CIFAR-10 training step. Forcing the layout removed them: 1.18x training for the CIFAR-10 model,
-    1.21x for the CelebA model on an H200 (README, Results). The model's own parameters and
-    inputs stay NCHW, so checkpoints do not change.
+    Inductor keeps a training graph NCHW when some convolution has at least twice as many input as
+    output channels, as this U-Net's decoder has; cuDNN's bf16 convolutions run channels-last all
+    the same, so every convolution would convert its tensors there and back. Forcing the layout
+    removes those conversions (docs/results.md#channels-last-compiled-graphs-on-cuda). The model's own
+    parameters and inputs stay NCHW, so checkpoints do not change.
     """
     if device.type != "cuda":
         return torch.compile(model)
@@ -91,11 +89,10 @@ def tune_host_allocator(device: torch.device) -> bool:
     """For work on the CPU ``device``, keep freed host memory in the process instead of handing
     it back to the OS (glibc only; returns whether it applied).
 
-    glibc returns a large freed block (or the free top of its heap) to the OS at once, so the
-    next tensor of that size faults in every page anew: about 9,500 page faults per sampling
-    call of the digits model on CPU. With blocks up to 32 MiB served and kept by the heap a
-    call faults none: 1.08x a training step and 1.10x a sampling call on 2 cores (README,
-    Results). The trainer and ``inference.py`` call this; it changes no result.
+    glibc returns a large freed block (or the free top of its heap) to the OS at once, so the next
+    tensor of that size faults in every page anew. With blocks up to 32 MiB served and kept by the
+    heap, repeated training steps and sampling calls fault none and run faster
+    (docs/results.md#host-allocator-on-cpu). The trainer and ``inference.py`` call this; it changes no result.
     """
     if device.type != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 
@@ -32,9 +31,3 @@ def run_cli(main: Callable[[], int | None]) -> None:
         sys.exit(2)
     sys.exit(code or 0)
 
-
-class CliParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are :class:`UserError`: one line and exit code 2 via :func:`run_cli`."""
-
-    def error(self, message: str) -> None:
-        raise UserError(message)

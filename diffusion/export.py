@@ -11,15 +11,15 @@ an existing non-empty ``--out`` is never overwritten. diffusers itself is not ne
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from diffusion.cli import Parser
 from diffusion.diffusers_format import FORMAT_VERSION, scheduler_config, to_diffusers, unet_config
-from diffusion.errors import CliParser, UserError, run_cli
+from diffusion.errors import UserError, run_cli
 from diffusion.generate import load_model
 
 
@@ -60,7 +60,7 @@ def _umask() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("--checkpoint", required=True,
                    help="a checkpoint file, a run folder (its checkpoints/last.pt), a diffusers folder or a Hub id")
     p.add_argument("--out", type=Path, required=True, help="the pipeline folder to write (must not exist, or be empty)")

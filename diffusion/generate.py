@@ -19,15 +19,14 @@ import numpy as np
 import torch
 
 from diffusion.checkpoint import load_checkpoint
-from diffusion.config import Config, SampleConfig, from_dict
+from diffusion.config import Config, SampleConfig, check_sampling, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
 from diffusion.pretrained import resolve
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
-from diffusion.trainer import build_model
-from models import UNet
+from models import UNet, build_model
 
 VIDEO_FORMATS = ("mp4", "gif", "none")
 
@@ -76,8 +75,7 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
     The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
     or weights that do not fit the model the stored config describes, raise a one-line
     :class:`CheckpointError`. The weights are stored channels-last when the run trained so, and
-    always on the CPU, where that makes sampling faster (12-17% per step for the CIFAR-10 model,
-    ``benchmarks/bench_sampling.py --channels-last``; on a GPU in bf16 it was slower).
+    always on the CPU, where that makes sampling faster (docs/results.md#channels-last-sampling-on-cpu).
     """
     resolved = resolve(checkpoint)
     path = resolved.path
@@ -107,18 +105,6 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
     schedule = NoiseSchedule.from_config(config.diffusion).to(device)
     kind = "imported" if resolved.name else key
     return LoadedModel(model, schedule, config, int(state["step"]), path, kind, resolved.source, resolved.name)
-
-
-def check_options(options: SampleConfig, timesteps: int) -> None:
-    """Raise a one-line :class:`UserError` for sampling options the samplers cannot run."""
-    for name in ("num_samples", "batch_size", "steps", "frames", "fps"):
-        value = getattr(options, name)
-        if value < 1:
-            raise UserError(f"sample.{name}: expected a positive integer, got {value}")
-    if options.steps > timesteps:
-        raise UserError(f"sample.steps (--steps): {options.steps} is more than the model's diffusion.timesteps ({timesteps})")
-    if not 0.0 <= options.eta <= 1.0:
-        raise UserError(f"sample.eta (--eta): expected a value in [0, 1], got {options.eta}")
 
 
 def sample_with_animation(
@@ -185,7 +171,7 @@ def write_samples(
     network is compiled by :func:`~diffusion.device.compile_network` (its compilation counts in
     the sampling time; on CUDA replayed as CUDA graphs, activations channels-last).
     Returns the samples (N, C, H, W) in [-1, 1] and that record."""
-    check_options(options, loaded.schedule.timesteps)
+    check_sampling(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
     out_dir = Path(out_dir)

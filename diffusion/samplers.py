@@ -220,10 +220,9 @@ def ddim_steps(
 
     sigma = eta sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_s)
     (Song et al. eq. 16): eta = 0 is deterministic given x_T, eta = 1 is the DDPM posterior with
-    variance beta_tilde. Noise is drawn only where sigma > 0.
+    variance beta_tilde. Noise is drawn only where sigma > 0. ``eta`` in [0, 1] is checked with the
+    other sampling options by :func:`diffusion.config.check_sampling`.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
     x = noise()
     for i, t, ab_t, ab_s in _step_pairs(alpha_bar, timesteps):
         x0, eps = denoise(x, t)

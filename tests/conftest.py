@@ -1,10 +1,10 @@
-"""Shared test setup: import the project from the repository root, one torch thread per worker;
-small stand-ins for the FID network."""
+"""Shared test setup: one torch thread per worker; small stand-ins for the FID network.
+
+The project is installed (``make`` runs ``pip install -e .``), so tests import it like users do."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(1)  # tests run in parallel, one per core (pytest -n 2)
 
@@ -34,7 +33,7 @@ def exact_fp32():
 def subprocess_env() -> dict[str, str]:
     """Environment for CLI runs in tests: single-threaded and unbuffered."""
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
 
 

@@ -16,7 +16,7 @@ from diffusion.checkpoint import load_checkpoint
 from diffusion.config import load_config
 from diffusion.fid import fid_of_model
 from diffusion.schedule import NoiseSchedule
-from diffusion.trainer import build_model
+from models import build_model
 
 # Each process trains through the same Trainer as train.py (a small random network stands in for
 # Inception), then dumps the weights it ends with, its own mean loss at each log and the number

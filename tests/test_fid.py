@@ -24,8 +24,8 @@ from diffusion.errors import UserError
 from diffusion.media import to_uint8
 from diffusion.samplers import generate
 from diffusion.schedule import NoiseSchedule
-from diffusion.trainer import build_model, train
-from models import UNet
+from diffusion.trainer import train
+from models import UNet, build_model
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 

@@ -152,6 +152,15 @@ def test_flags_override_the_config(tiny_run, tmp_path, monkeypatch):
     assert dtype == torch.bfloat16
 
 
+def test_threads_flag_sets_the_torch_threads(tiny_run, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        sample(tiny_run, tmp_path / "t", "--video", "none", "--steps", "2", "--num-samples", "1", "--threads", "2")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_no_ema_samples_the_raw_weights(tiny_run, tmp_path):
     ema = sample(tiny_run, tmp_path / "ema", "--video", "none", "--steps", "8")
     raw = sample(tiny_run, tmp_path / "raw", "--video", "none", "--steps", "8", "--no-ema")
@@ -249,9 +258,9 @@ def test_unusable_checkpoints_are_one_line_errors(case, expected, broken, tmp_pa
         (["--frames", "-1"], "argument --frames: expected a positive integer, got -1"),
         (["--fps", "0"], "argument --fps: expected a positive integer, got 0"),
         (["--steps", "many"], "argument --steps: expected a positive integer, got 'many'"),
-        (["--steps", "41"], "sample.steps (--steps): 41 is more than the model's diffusion.timesteps (40)"),
-        (["--eta", "1.5"], "sample.eta (--eta): expected a value in [0, 1], got 1.5"),
-        (["--eta", "-0.1"], "sample.eta (--eta): expected a value in [0, 1], got -0.1"),
+        (["--steps", "41"], "sample.steps: 41 is more than diffusion.timesteps (40)"),
+        (["--eta", "1.5"], "sample.eta: expected a value in [0, 1], got 1.5"),
+        (["--eta", "-0.1"], "sample.eta: expected a value in [0, 1], got -0.1"),
         (["--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
         (["--fid", "--num-samples", "1"], "--fid needs at least 2 samples, got --num-samples 1"),
         (["--device", "tpu"], "--device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),

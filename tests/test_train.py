@@ -23,7 +23,8 @@ from diffusion.config import from_dict, load_config
 from diffusion.ema import EMA
 from diffusion.errors import CheckpointError, run_cli
 from diffusion.samplers import uses_channels_last
-from diffusion.trainer import build_model, learning_rate, train
+from diffusion.trainer import learning_rate, train
+from models import build_model
 from train import main
 
 DIGITS = str(ROOT / "Configs" / "digits.yaml")
@@ -112,7 +113,7 @@ def test_learning_rate_warms_up_linearly_then_stays():
 def test_cli_digits_run_writes_checkpoints_config_and_tensorboard(tmp_path, capsys):
     args = ["--config", DIGITS, *TINY, f"log.root={tmp_path}", "log.run_name=digits", f"data.root={tmp_path / 'Data'}",
             "train.steps=3", "train.checkpoint_every=2", "log.log_every=2"]
-    result = cli(*args)
+    result = cli("--config", "digits", *args[2:], "--threads", "1")  # a preset name works as --config
     assert result.returncode == 0, result.stderr
     assert "trained steps 0-3" in result.stderr
     run = tmp_path / "digits"
@@ -124,7 +125,12 @@ def test_cli_digits_run_writes_checkpoints_config_and_tensorboard(tmp_path, caps
     error = cli_error(capsys, *args)  # the run folder exists: refused, nothing overwritten
     assert "already exists" in error and f"--resume {run}" in error
 
-    assert main([*args[:-3], "--resume", "train.steps=5"]) == 0  # bare --resume: log.run_name names the run
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args[:-3], "--resume", "train.steps=5", "--threads", "2"]) == 0  # bare --resume: log.run_name names the run
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert "trained steps 3-5" in capsys.readouterr().err
     assert load_checkpoint(run)["step"] == 5
 

@@ -1,0 +1,1 @@
+"""Benchmarks: speed and sample quality measured as tables (see docs/results.md)."""

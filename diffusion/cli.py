@@ -1,0 +1,81 @@
+"""The command-line dialect shared by ``train.py``, ``inference.py`` and the benchmarks.
+
+Every script parses with :class:`Parser`, whose errors are one line and exit code 2 like any
+other :class:`~diffusion.errors.UserError`, and takes the common flags from here, so the same
+thing has the same name and the same check everywhere: ``--config`` (alias ``--preset``),
+``--device``, ``--threads`` and ``--batch-size``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffusion.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "Configs"  # the presets shipped with the repository
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors raise :class:`UserError` (one line, exit 2)."""
+
+    def __init__(self, description: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(description=description, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def config_path(name: str) -> Path:
+    """A config given as a path, or as the name of a preset under ``Configs/`` (``digits``)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    preset = CONFIGS / f"{name}.yaml"
+    if not preset.is_file():
+        names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+        raise UserError(f"--config: '{name}' is neither a YAML file nor a preset under Configs/ ({names})")
+    return preset
+
+
+def add_config_flag(parser: argparse.ArgumentParser, *, multiple: bool = False, **kwargs: Any) -> None:
+    """``--config`` (alias ``--preset``): a YAML path or a preset name; several with ``multiple``."""
+    what = "YAML config paths or preset names under Configs/" if multiple else "a YAML config path or a preset name under Configs/"
+    default = kwargs.get("default")
+    shown = f" (default: {' '.join(default) if isinstance(default, list) else default})" if default else ""
+    parser.add_argument(
+        "--config", "--preset", dest="config", nargs="+" if multiple else None, metavar="CONFIG",
+        help=f"{what}, e.g. digits{shown}", **kwargs,
+    )
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """``--device``, resolved by :func:`diffusion.device.resolve_device`."""
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+
+
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads``, applied by :func:`set_threads`."""
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` where given."""
+    if threads is not None:
+        torch.set_num_threads(threads)
