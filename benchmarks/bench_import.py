@@ -5,7 +5,7 @@ models: 113.7M) a diffusers ``UNet2DModel`` with random non-zero weights is save
 ``DDPMPipeline.save_pretrained`` and loaded through ``load_model``. Printed per layout: the largest
 output difference from diffusers on the same input, the first (converting) load, the cached load,
 and the load of the converted file as a plain checkpoint. Then the imported CIFAR-10-layout model
-and a native one (``Configs/ddpm_cifar10.yaml``, symmetric padding) are timed on network calls
+and the same network built as our checkpoints build it (symmetric padding) are timed on network calls
 (the cost of a sampler step), alternating call by call, in one process. Needs diffusers (the 'bench' extra).
 
     python benchmarks/bench_import.py [--layouts cifar10 256px] [--threads 1] [--repeats 3] [--calls 20] [--batch-size 8]
@@ -13,25 +13,32 @@ and a native one (``Configs/ddpm_cifar10.yaml``, symmetric padding) are timed on
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.bench_models import interleaved_medians, load_preset
+from benchmarks.bench_models import interleaved_medians
 from diffusion.cli import Parser, add_threads_flag, positive_int, set_threads
 from diffusion.errors import UserError, run_cli
 from diffusion.generate import load_model
 from models import build_model
 
-PAPER = {"act_fn": "silu", "attention_head_dim": None, "downsample_padding": 0, "flip_sin_to_cos": False,
-         "freq_shift": 1, "layers_per_block": 2, "norm_eps": 1e-06, "norm_num_groups": 32}
+# The released configs' keys, from the Hub (the 2022 uploads; "attention_head_dim": null is one head).
+PAPER = {"act_fn": "silu", "attention_head_dim": None, "center_input_sample": False, "downsample_padding": 0,
+         "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
+         "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "time_embedding_type": "positional"}
 LAYOUTS = {
+    # google/ddpm-cifar10-32: attention at 16 px.
     "cifar10": {**PAPER, "sample_size": 32, "block_out_channels": [128, 256, 256, 256],
                 "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
                 "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]},
+    # google/ddpm-{celebahq,church,bedroom,cat}-256 and their ddpm-ema- variants: attention at 16 px (level 4).
     "256px": {**PAPER, "sample_size": 256, "block_out_channels": [128, 128, 256, 256, 512, 512],
               "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
               "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4},
@@ -39,16 +46,25 @@ LAYOUTS = {
 CPU = torch.device("cpu")
 
 
-def random_pipeline(layout: str, folder: Path) -> torch.nn.Module:
-    """Save a DDPMPipeline of ``layout`` with random non-zero weights; return its UNet."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+def random_unet(config: dict) -> torch.nn.Module:
+    """A diffusers ``UNet2DModel`` whose every parameter is random and non-zero (norm scales near 1),
+    so that no zero-initialised layer can hide a wrong mapping."""
+    from diffusers import UNet2DModel
 
-    unet = UNet2DModel(**LAYOUTS[layout]).eval()
+    unet = UNet2DModel(**config).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in unet.named_parameters():
             fan_in = p[0].numel() if p.dim() > 1 else 4
             p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    return unet
+
+
+def random_pipeline(layout: str, folder: Path) -> torch.nn.Module:
+    """Save a DDPMPipeline of ``layout`` with random non-zero weights; return its UNet."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    unet = random_unet(LAYOUTS[layout])
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(variance_type="fixed_large")).save_pretrained(folder)
     return unet
 
@@ -66,8 +82,16 @@ def main(argv: list[str] | None = None) -> None:
         import diffusers  # noqa: F401
     except ImportError as err:
         raise UserError(f"the benchmark needs diffusers ({err}); install it with pip install '.[bench]'") from None
-    work = Path(tempfile.mkdtemp(prefix="bench-import-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-import-"))  # the pipelines and the conversion cache
     os.environ["DDPM_CACHE"] = str(work / "cache")
+    try:
+        report(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, work: Path) -> None:
+    """Print the tables, with the pipelines and conversions under ``work``."""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"loads: the first, then the median of {args.repeats} alternating loads of each kind")
     print("| layout | parameters | max abs output difference | first load (conversion) | cached load | checkpoint load |")
@@ -94,11 +118,15 @@ def main(argv: list[str] | None = None) -> None:
         imported[layout] = loaded
         del theirs
     if "cifar10" in imported:
-        _, cfg = load_preset("ddpm_cifar10")
+        ours = imported["cifar10"]
+        # The same network as our own checkpoints build it (Configs/ddpm_cifar10.yaml), symmetric padding.
+        cfg = dataclasses.replace(ours.config, model=dataclasses.replace(ours.config.model, downsample_padding="symmetric"))
         native = build_model(cfg).eval().to(memory_format=torch.channels_last)  # as load_model does on a CPU
-        x = torch.randn(args.batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
+        native.load_state_dict(ours.model.state_dict())
+        size = ours.config.model.image_size
+        x = torch.randn(args.batch_size, 3, size, size).to(memory_format=torch.channels_last)
         t = torch.full((args.batch_size,), 500)
-        models = {"imported (tf_same padding)": imported["cifar10"].model, "native (symmetric padding)": native}
+        models = {"imported (tf_same padding)": ours.model, "native (symmetric padding)": native}
         with torch.inference_mode():
             calls = interleaved_medians({name: lambda m=m: m(x, t) for name, m in models.items()}, args.calls, CPU)
         print(f"\nCIFAR-10 layout: median seconds per network call on {args.batch_size} images, {args.calls} alternating calls each")

@@ -2,8 +2,9 @@
 
 diffusers builds the reference models here: ``UNet2DModel`` at the block layouts of the paper's
 released models (``google/ddpm-cifar10-32``; the 256-pixel ``google/ddpm-{celebahq,church,
-bedroom,cat}-256``), shrunk only in widths and image size, with random non-zero weights so that no
-zero-initialised layer can hide a wrong mapping. Everything runs offline.
+bedroom,cat}-256``; ``benchmarks/bench_import.py`` holds their full configs), shrunk only in widths
+and image size, with random non-zero weights so that no zero-initialised layer can hide a wrong
+mapping. Everything runs offline.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from conftest import ROOT, RandomConvFeatures, randomize_, subprocess_env
 
 import diffusion.fid
 import inference
+from benchmarks.bench_import import LAYOUTS as FULL
+from benchmarks.bench_import import random_unet
 from diffusion.checkpoint import save_checkpoint
 from diffusion.config import from_dict
 from diffusion.diffusers_format import ConversionError, model_section, schedule_sections
@@ -34,20 +37,10 @@ from models import UNet
 
 diffusers = pytest.importorskip("diffusers")
 
-# The released configs' keys, from the Hub (2022 uploads: no attention_head_dim means one head
-# since that default changed, so the Hub configs carry "attention_head_dim": null).
-PAPER = {"act_fn": "silu", "attention_head_dim": None, "center_input_sample": False, "downsample_padding": 0,
-         "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
-         "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "time_embedding_type": "positional"}
+# The released models' block layouts, shrunk in widths (/4) and, for the 256-pixel one, image size.
 LAYOUTS = {
-    # google/ddpm-cifar10-32: widths (128, 256, 256, 256), attention at 16 px.
-    "cifar10": {**PAPER, "sample_size": 32, "block_out_channels": [32, 64, 64, 64],
-                "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-                "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]},
-    # google/ddpm-*-256: widths (128, 128, 256, 256, 512, 512), attention at 16 px (level 4); here 64 px.
-    "256px": {**PAPER, "sample_size": 64, "block_out_channels": [32, 32, 64, 64, 128, 128],
-              "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
-              "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4},
+    "cifar10": {**FULL["cifar10"], "block_out_channels": [32, 64, 64, 64]},
+    "256px": {**FULL["256px"], "sample_size": 64, "block_out_channels": [32, 32, 64, 64, 128, 128]},
 }
 SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
              "variance_type": "fixed_large", "clip_sample": True}
@@ -57,17 +50,6 @@ OLD_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "ddpm-cache"))
-
-
-def random_unet(config: dict) -> torch.nn.Module:
-    """A diffusers UNet2DModel whose every parameter is random and non-zero (norm scales near 1)."""
-    unet = diffusers.UNet2DModel(**config).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            fan_in = p[0].numel() if p.dim() > 1 else 4
-            p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
-    return unet
 
 
 @pytest.fixture(scope="module")
