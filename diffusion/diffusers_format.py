@@ -58,15 +58,14 @@ UNET_DEFAULTS: dict[str, Any] = {
     "norm_eps": 1e-5, "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None,
     "num_class_embeds": None, "num_train_timesteps": None,
 }
-# DDPMScheduler.__init__ defaults.
+# DDPMScheduler.__init__ defaults. timestep_spacing, steps_offset and the thresholding values only
+# shape diffusers' own inference loop: our samplers choose their timesteps themselves.
 SCHEDULER_DEFAULTS: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
     "trained_betas": None, "variance_type": "fixed_small", "clip_sample": True, "prediction_type": "epsilon",
     "thresholding": False, "dynamic_thresholding_ratio": 0.995, "clip_sample_range": 1.0,
     "sample_max_value": 1.0, "timestep_spacing": "leading", "steps_offset": 0, "rescale_betas_zero_snr": False,
 }
-# Scheduler keys that only shape diffusers' own inference loop (ours is the sampler's business).
-SCHEDULER_LOOP_KEYS = ("timestep_spacing", "steps_offset", "dynamic_thresholding_ratio", "sample_max_value")
 OBJECTIVES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 VARIANCES = {"fixed_large": "beta", "fixed_large_log": "beta", "fixed_small": "beta_tilde", "fixed_small_log": "beta_tilde"}
 

@@ -10,8 +10,8 @@ mapping. Everything runs offline.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, RandomConvFeatures, randomize_, subprocess_env
+from test_inference import _Payload, fails
 
 import diffusion.fid
 import inference
 from benchmarks.bench_import import LAYOUTS as FULL
 from benchmarks.bench_import import random_unet
+from diffusion import diffusers_format
 from diffusion.checkpoint import save_checkpoint
 from diffusion.config import from_dict
 from diffusion.diffusers_format import ConversionError, model_section, schedule_sections
@@ -166,24 +168,6 @@ def test_missing_and_unexpected_tensors_are_refused(pipelines, tmp_path):
         load_model(folder)
 
 
-class _Payload:
-    """Unpickling this runs ``touch <marker>``: what a malicious .bin would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
-
-
-def fails(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: inference.main(argv))
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    return err
-
-
 @pytest.mark.parametrize("case", ["pickle", "truncated_bin", "truncated_safetensors", "no_weights", "sharded",
                                   "not_a_state_dict", "bad_json"])
 def test_unusable_weight_files_are_one_line_errors(case, pipelines, tmp_path, capsys):
@@ -217,6 +201,15 @@ def test_unusable_weight_files_are_one_line_errors(case, pipelines, tmp_path, ca
     err = fails(["--checkpoint", str(folder), "--out", str(tmp_path / "out")], capsys)
     assert expected in err and str(folder) in err
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("cls", "ours"), [("UNet2DModel", "UNET_DEFAULTS"), ("DDPMScheduler", "SCHEDULER_DEFAULTS")])
+def test_keys_a_config_leaves_out_take_diffusers_defaults(cls, ours):
+    """A key missing from a config.json means what diffusers' constructor default says."""
+    signature = inspect.signature(getattr(diffusers, cls).__init__)
+    defaults = {k: p.default for k, p in signature.parameters.items() if k != "self"}
+    expected = {k: list(v) if isinstance(v, tuple) else v for k, v in getattr(diffusers_format, ours).items()}
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()} == expected
 
 
 @pytest.mark.parametrize(
