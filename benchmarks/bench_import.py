@@ -25,9 +25,10 @@ import torch
 
 from benchmarks.bench_models import interleaved_medians
 from diffusion.cli import Parser, add_threads_flag, positive_int, set_threads
+from diffusion.config import ModelConfig
 from diffusion.errors import UserError, run_cli
 from diffusion.generate import load_model
-from models import build_model
+from models import Downsample, build_model
 
 # The released configs' keys, from the Hub (the 2022 uploads; "attention_head_dim": null is one head).
 PAPER = {"act_fn": "silu", "attention_head_dim": None, "center_input_sample": False, "downsample_padding": 0,
@@ -67,6 +68,21 @@ def random_pipeline(layout: str, folder: Path) -> torch.nn.Module:
     unet = random_unet(LAYOUTS[layout])
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(variance_type="fixed_large")).save_pretrained(folder)
     return unet
+
+
+def downsample_seconds(m: ModelConfig, batch: int, calls: int) -> dict[str, float]:
+    """Median seconds of a network's downsampling convolutions at their input shapes, summed, with
+    TensorFlow 'SAME' and with symmetric padding (the same weights), alternating."""
+    total = {"tf_same": 0.0, "symmetric": 0.0}
+    for level, mult in enumerate(m.channel_mult[:-1]):
+        ch, size = m.base_channels * mult, m.image_size // 2**level
+        x = torch.randn(batch, ch, size, size).to(memory_format=torch.channels_last)
+        layers = {padding: Downsample(ch, padding).to(memory_format=torch.channels_last) for padding in total}
+        layers["symmetric"].load_state_dict(layers["tf_same"].state_dict())
+        medians = interleaved_medians({p: lambda layer=layer, x=x: layer(x, None) for p, layer in layers.items()}, calls, CPU)
+        for padding, value in medians.items():
+            total[padding] += value
+    return total
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,11 +145,13 @@ def report(args: argparse.Namespace, work: Path) -> None:
         models = {"imported (tf_same padding)": ours.model, "native (symmetric padding)": native}
         with torch.inference_mode():
             calls = interleaved_medians({name: lambda m=m: m(x, t) for name, m in models.items()}, args.calls, CPU)
-        print(f"\nCIFAR-10 layout: median seconds per network call on {args.batch_size} images, {args.calls} alternating calls each")
-        print("| model | seconds per call |")
-        print("| --- | --- |")
-        for name, value in calls.items():
-            print(f"| {name} | {value:.3f} |")
+            layers = downsample_seconds(ours.config.model, args.batch_size, args.calls)
+        print(f"\nCIFAR-10 layout: median seconds per network call on {args.batch_size} images, {args.calls} alternating calls each;"
+              " and of its downsampling convolutions alone, summed")
+        print("| model | seconds per call | of which downsampling |")
+        print("| --- | --- | --- |")
+        for (name, value), layer in zip(calls.items(), layers.values(), strict=True):
+            print(f"| {name} | {value:.3f} | {layer:.4f} |")
 
 
 if __name__ == "__main__":
