@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
+
+import torch
 
 from diffusion.cli import Parser, add_device_flag, add_threads_flag, positive_int, set_threads
 from diffusion.config import DATA_SOURCES
@@ -28,6 +31,20 @@ from diffusion.generate import (
     write_samples,
 )
 from diffusion.samplers import SAMPLERS
+
+
+def check_memory(num_samples: int, model: torch.nn.Module) -> None:
+    """--fid holds every sample (uint8) in memory: refuse a count that cannot fit, before sampling."""
+    needed = num_samples * model.in_channels * model.image_size**2
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not on every system
+        return
+    if needed > available:
+        raise UserError(
+            f"--fid with --num-samples {num_samples} holds {needed / 1e9:.1f} GB of samples in memory,"
+            f" {available / 1e9:.1f} GB is available; use fewer samples"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " (on CUDA replayed as CUDA graphs); worth it for long runs such as --fid",
     )
     p.add_argument("--out", type=Path, help="output folder (default: <run>/samples/<timestamp>/)")
-    p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
+    p.add_argument("--no-grid", action="store_true", help="do not write grid.png (it shows at most the first 256 or so samples)")
     p.add_argument("--save-images", action="store_true", help="write every sample to images/000000.png, ...")
     p.add_argument("--video", choices=VIDEO_FORMATS, default="mp4", help="denoising animation format (default: mp4)")
     p.add_argument("--frames", type=positive_int, help="frames of the animation (default: sample.frames)")
@@ -84,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--fid needs at least 2 samples, got --num-samples {options.num_samples}")
         if loaded.name and args.fid_data is None:
             raise UserError(f"--fid: {loaded.source} does not say which data it was trained on; add --fid-data, e.g. cifar10")
+        check_memory(options.num_samples, loaded.model)
         from diffusion.fid import fid_of_samples, inception_extractor
 
         extractor = inception_extractor(device)
@@ -101,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded, options, out_dir,
         precision=args.precision or loaded.config.train.precision,
         grid=not args.no_grid, save_images=args.save_images, video=args.video, progress=True,
-        compile=args.compile,
+        compile=args.compile, keep=args.fid,
     )
     print(f"sampled in {record['sampling_seconds']:.1f} s ({record['precision']}); wrote {out_dir}/")
     for name in [*record["files"], "samples.json"]:

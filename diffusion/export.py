@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
+from diffusion.atomic import write_atomic
 from diffusion.cli import Parser
 from diffusion.diffusers_format import FORMAT_VERSION, scheduler_config, to_diffusers, unet_config
 from diffusion.errors import UserError, run_cli
@@ -25,7 +26,7 @@ from diffusion.generate import load_model
 
 def export_pipeline(checkpoint: str | Path, out: str | Path, *, use_ema: bool = True) -> Path:
     """Write the ``DDPMPipeline`` folder of ``checkpoint`` (any ``load_model`` argument) to ``out``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -35,28 +36,25 @@ def export_pipeline(checkpoint: str | Path, out: str | Path, *, use_ema: bool = 
     unet = unet_config(config.model)
     scheduler = scheduler_config(config.diffusion, config.sample)
     weights = to_diffusers(loaded.model.state_dict(), config.model)
+    index = {"_class_name": "DDPMPipeline", "_diffusers_version": FORMAT_VERSION,
+             "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
+    files = {
+        "model_index.json": json.dumps(index, indent=2).encode() + b"\n",
+        "unet/config.json": json.dumps(unet, indent=2).encode() + b"\n",
+        "unet/diffusion_pytorch_model.safetensors": save(weights, metadata={"format": "pt"}),
+        "scheduler/scheduler_config.json": json.dumps(scheduler, indent=2).encode() + b"\n",
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()  # with the umask's mode, as every folder the user makes
     try:
-        index = {"_class_name": "DDPMPipeline", "_diffusers_version": FORMAT_VERSION,
-                 "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
-        for path, data in ((tmp / "model_index.json", index), (tmp / "unet" / "config.json", unet),
-                           (tmp / "scheduler" / "scheduler_config.json", scheduler)):
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(json.dumps(data, indent=2) + "\n")
-        save_file(weights, tmp / "unet" / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
-        os.chmod(tmp, 0o777 & ~_umask())
+        for name, data in files.items():
+            write_atomic(tmp / name, lambda f, data=data: f.write(data), needed=len(data))
         os.replace(tmp, out)  # atomic; replaces an empty folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffusion.atomic import atomic_path
 from diffusion.checkpoint import load_checkpoint
 from diffusion.config import Config, SampleConfig, check_sampling, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
-from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
+from diffusion.media import image_grid, save_animation, save_png, to_uint8
 from diffusion.pretrained import resolve
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
 from models import UNet, build_model
 
 VIDEO_FORMATS = ("mp4", "gif", "none")
+GRID_SAMPLES = 256  # the grid and the animation show about this many samples at most (see chunk_size)
 
 
 @dataclass
@@ -137,20 +141,25 @@ def sample_with_animation(
     return images, [grids[index] for index in shown]
 
 
-def default_out_dir(loaded: LoadedModel) -> Path:
-    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``;
-    ``<log.root>/<name>/samples/<timestamp>/`` for imported weights."""
-    checkpoint = loaded.path
-    if loaded.name:
-        run = Path(loaded.config.log.root) / loaded.name
+def default_out_dir(checkpoint: Path | LoadedModel) -> Path:
+    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``
+    (or a :class:`LoadedModel` of one); ``<log.root>/<name>/samples/<timestamp>/`` for imported
+    weights. Made here: two runs started in the same second get two folders (``<timestamp>-2``, ...)."""
+    if isinstance(checkpoint, LoadedModel) and checkpoint.name:
+        run = Path(checkpoint.config.log.root) / checkpoint.name
     else:
-        run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        path = checkpoint.path if isinstance(checkpoint, LoadedModel) else checkpoint
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out, n = run / "samples" / stamp, 1
-    while out.exists():
-        n += 1
-        out = run / "samples" / f"{stamp}-{n}"
-    return out
+    (run / "samples").mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        out = run / "samples" / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            out.mkdir()  # atomic: exactly one caller makes it
+            return out
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def write_samples(
@@ -164,33 +173,54 @@ def write_samples(
     video: str = "mp4",
     progress: bool = False,
     compile: bool = False,
-) -> tuple[torch.Tensor, dict[str, Any]]:
+    keep: bool = False,
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """Sample from ``loaded`` and write into ``out_dir``: ``grid.png``, ``images/000000.png`` ...
     (with ``save_images``), ``denoise.mp4`` / ``.gif`` (``video``; ``options.frames`` frames at
     ``options.fps``, the final image held a second) and ``samples.json``. With ``compile`` the
     network is compiled by :func:`~diffusion.device.compile_network` (its compilation counts in
     the sampling time; on CUDA replayed as CUDA graphs, activations channels-last).
-    Returns the samples (N, C, H, W) in [-1, 1] and that record."""
+
+    Samples are made and written in chunks of :func:`chunk_size` images, so any count streams to
+    disk in bounded memory; the grid and the animation show the first chunk. Returns every sample
+    as uint8 (N, C, H, W) when ``keep`` (else None), and the record."""
     check_sampling(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: is a file; expected an output folder (--out)")
     device = next(loaded.model.parameters()).device
     dtype = autocast_dtype(precision, device)
     started = time.perf_counter()
     model = compile_network(loaded.model, device) if compile else loaded.model
-    images, frames = sample_with_animation(
-        model, loaded.schedule, options, options.frames if video != "none" else 0,
-        device=device, autocast_dtype=dtype, progress=progress,
-    )
-    sampling_seconds = time.perf_counter() - started
+    chunk = chunk_size(options.batch_size)
     files: list[Path] = []
-    if grid:
-        files.append(save_png(image_grid(images), out_dir / "grid.png"))
+    kept: list[torch.Tensor] = []
+    frames: list[np.ndarray] = []
+    sampling_seconds = 0.0
+    for first in range(0, options.num_samples, chunk):
+        part = dataclasses.replace(options, num_samples=min(chunk, options.num_samples - first))
+        begun = started if first == 0 else time.perf_counter()
+        if first == 0:
+            images, frames = sample_with_animation(
+                model, loaded.schedule, part, options.frames if video != "none" else 0,
+                device=device, autocast_dtype=dtype, progress=progress,
+            )
+        else:
+            images = generate_from(
+                model, loaded.schedule, part, first=first, device=device, autocast_dtype=dtype, progress=progress,
+            )
+        sampling_seconds += time.perf_counter() - begun
+        pixels = to_uint8(images)
+        if first == 0 and grid:
+            files.append(save_png(image_grid(pixels), out_dir / "grid.png"))
+        if save_images:
+            for i, picture in enumerate(pixels.permute(0, 2, 3, 1).numpy(), start=first):
+                save_png(picture, out_dir / "images" / f"{i:06d}.png")
+        if keep:
+            kept.append(pixels)
     if save_images:
-        pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
-        for i, picture in enumerate(pixels):
-            save_png(picture, out_dir / "images" / f"{i:06d}.png")
         files.append(out_dir / "images")
     if frames:
         files.append(save_animation(frames, out_dir / f"denoise.{video}", fps=options.fps))
@@ -209,9 +239,16 @@ def write_samples(
         "sampling_seconds": round(sampling_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "files": [str(f.relative_to(out_dir)) for f in files],
+        "grid_samples": min(chunk, options.num_samples),
     }
     write_record(record, out_dir)
-    return images, record
+    return (torch.cat(kept) if keep else None), record
+
+
+def chunk_size(batch_size: int) -> int:
+    """Samples made and written at a time: the smallest multiple of ``batch_size`` (so batches are
+    those of one long run) that is at least ``GRID_SAMPLES``."""
+    return batch_size * math.ceil(GRID_SAMPLES / batch_size)
 
 
 def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
