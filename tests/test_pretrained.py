@@ -419,3 +419,30 @@ def test_inference_cli_on_a_hub_id_offline_without_diffusers(pipelines, tmp_path
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "out" / "samples.json").read_text())
     assert record["source"].startswith("google/ddpm-cifar10-32@0123456789abcdef")
+
+
+# The config files of google/ddpm-cat-256 as uploaded in 2022 (diffusers 0.0.4 / 0.1.1), verbatim:
+# the keys and values of the released repositories, not of a current save_pretrained.
+RELEASED_UNET_256 = """{"_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu",
+ "attention_head_dim": null, "block_out_channels": [128, 128, 256, 256, 512, 512], "center_input_sample": false,
+ "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+ "downsample_padding": 0, "flip_sin_to_cos": false, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2,
+ "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 256,
+ "time_embedding_type": "positional",
+ "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"]}"""
+RELEASED_SCHEDULER = """{"_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02,
+ "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": true, "num_train_timesteps": 1000,
+ "trained_betas": null, "variance_type": "fixed_small"}"""
+
+
+def test_the_released_config_files_map_to_the_papers_model():
+    model = model_section(json.loads(RELEASED_UNET_256), "config.json")
+    assert model["channel_mult"] == [1, 1, 2, 2, 4, 4] and model["base_channels"] == 128
+    assert (model["attention_resolutions"], model["num_heads"], model["head_dim"]) == ([16], 1, None)
+    assert model["downsample_padding"] == "tf_same" and model["image_size"] == 256
+    diffusion_section, sample = schedule_sections(json.loads(RELEASED_SCHEDULER), "scheduler_config.json")
+    assert diffusion_section == {"timesteps": 1000, "schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "objective": "eps"}
+    assert sample == {"ddpm_variance": "beta_tilde", "clip_denoised": True}
+    released = json.loads(RELEASED_UNET_256)
+    for key in ("block_out_channels", "down_block_types", "up_block_types", "downsample_padding", "norm_eps"):
+        assert FULL["256px"][key] == released[key], key  # the tests' and the benchmark's layout is the released one
