@@ -162,7 +162,7 @@ def write_samples(
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
     out_dir = Path(out_dir)
     device = next(loaded.model.parameters()).device
-    dtype = autocast_dtype(precision, device)
+    dtype = autocast_dtype(precision, device, sampling=True)
     started = time.perf_counter()
     model = compile_network(loaded.model, device) if compile else loaded.model
     images, frames = sample_with_animation(

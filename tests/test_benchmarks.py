@@ -369,17 +369,6 @@ def test_emulated_bf16_kernels_round_like_bf16_autocast():
     assert all(torch.equal(a, b) for a, b in zip(run(True, autocast=False), fp32, strict=True))
 
 
-def test_cpu_bf16_detection_follows_the_instruction_set(monkeypatch):
-    """x86: AVX-512 BF16 or AMX; other architectures: what oneDNN reports."""
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
-        assert cpu_bf16.cpu_has_bf16() is expected
-    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    assert cpu_bf16.cpu_has_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def test_bf16_check_flags_choose_the_kernels(monkeypatch, tmp_path, capsys):
     emulated = []
     monkeypatch.setattr(cpu_bf16, "train_run", lambda p, s, steps, out, emulate, root: emulated.append(emulate) or tmp_path)
