@@ -333,6 +333,23 @@ def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys):
     assert (tmp_path / "Data" / "cache" / "digits16_classifier_seed0.pt").is_file()
 
 
+def test_digits_quality_real_subsets_average_the_floor_over_disjoint_sets(monkeypatch, capsys):
+    torch.manual_seed(0)
+    real = torch.rand(30, 1, 16, 16) * 2 - 1
+    monkeypatch.setattr(digits_quality, "trained_classifier", lambda root: digits_quality.DigitClassifier().eval())
+    monkeypatch.setattr(digits_quality, "digits_data", lambda root: (real, None))
+    assert digits_quality.main(["--real-subsets", "3", "--num-samples", "10"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("real vs real (3 disjoint sets of 10 training images): FID ")
+    assert len(line.split("FID ")[1].split(", mean")[0].split()) == 3
+    fids = digits_quality.real_floor(digits_quality.DigitClassifier().eval(), real, 10, 3, seed=1)
+    assert len(set(fids)) == 3  # three different subsets
+    with pytest.raises(UserError, match="--real-subsets: 4 disjoint sets of 10 need 40 images, the digits have 30"):
+        digits_quality.main(["--real-subsets", "4", "--num-samples", "10"])
+    with pytest.raises(UserError, match="--real-subsets: expected a positive integer, got 0"):
+        digits_quality.main(["--real-subsets", "0"])
+
+
 def test_digits_quality_refuses_other_models(repo_root, tmp_path):
     run = digits_run(repo_root, tmp_path, "data.image_size=8", "model.image_size=8")
     with pytest.raises(UserError, match="not a 16x16 digits model"):
