@@ -3,18 +3,24 @@
     python inference.py --checkpoint Models/<run>            # the run's checkpoints/last.pt
     python inference.py --checkpoint Models/<run>/checkpoints/step_0100000.pt --sampler ddim --steps 50
     python inference.py --checkpoint Models/<run> --num-samples 10000 --sampler dpm++ --steps 20 --fid
+    python inference.py --checkpoint google/ddpm-celebahq-256 --sampler dpm++ --steps 25 --num-samples 4
 
 Defaults come from the checkpoint's ``sample:`` config section; flags override them. Files go to
-``Models/<run>/samples/<timestamp>/`` unless ``--out`` is given.
+``Models/<run>/samples/<timestamp>/`` (imported weights: ``Models/<name>/samples/...``) unless
+``--out`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
+import torch
+
 from diffusion.cli import Parser, add_device_flag, add_threads_flag, positive_int, set_threads
+from diffusion.config import DATA_SOURCES
 from diffusion.device import PRECISIONS, resolve_device, tune_host_allocator
 from diffusion.errors import UserError, run_cli
 from diffusion.generate import (
@@ -27,9 +33,24 @@ from diffusion.generate import (
 from diffusion.samplers import SAMPLERS
 
 
+def check_memory(num_samples: int, model: torch.nn.Module) -> None:
+    """--fid holds every sample (uint8) in memory: refuse a count that cannot fit, before sampling."""
+    needed = num_samples * model.in_channels * model.image_size**2
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not on every system
+        return
+    if needed > available:
+        raise UserError(
+            f"--fid with --num-samples {num_samples} holds {needed / 1e9:.1f} GB of samples in memory,"
+            f" {available / 1e9:.1f} GB is available; use fewer samples"
+        )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(__doc__)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (its checkpoints/last.pt)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, a run folder (its checkpoints/last.pt), a diffusers folder,"
+                   " or a Hugging Face Hub id such as google/ddpm-cifar10-32[@revision]")
     p.add_argument("--num-samples", type=positive_int, help="images to generate (default: sample.num_samples)")
     p.add_argument("--batch-size", type=positive_int, help="images per network call (default: sample.batch_size)")
     p.add_argument("--sampler", choices=SAMPLERS, help="reverse process (default: sample.sampler)")
@@ -46,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " (on CUDA replayed as CUDA graphs); worth it for long runs such as --fid",
     )
     p.add_argument("--out", type=Path, help="output folder (default: <run>/samples/<timestamp>/)")
-    p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
+    p.add_argument("--no-grid", action="store_true", help="do not write grid.png (it shows at most the first 256 or so samples)")
     p.add_argument("--save-images", action="store_true", help="write every sample to images/000000.png, ...")
     p.add_argument("--video", choices=VIDEO_FORMATS, default="mp4", help="denoising animation format (default: mp4)")
     p.add_argument("--frames", type=positive_int, help="frames of the animation (default: sample.frames)")
@@ -55,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fid", action="store_true",
         help="also compute FID and KID of the samples against the training data; needs the 'fid' extra;"
         " use >= 10000 samples for unbiased numbers",
+    )
+    p.add_argument(
+        "--fid-data", choices=DATA_SOURCES,
+        help="the training set --fid compares against, under data.root (default: the checkpoint's data.source;"
+        " imported weights need it, e.g. cifar10 for google/ddpm-cifar10-32)",
     )
     return p.parse_args(argv)
 
@@ -73,11 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.fid:  # before sampling: too few samples, a missing 'fid' extra or Inception weights stop here
         if options.num_samples < 2:
             raise UserError(f"--fid needs at least 2 samples, got --num-samples {options.num_samples}")
+        if loaded.name and args.fid_data is None:
+            raise UserError(f"--fid: {loaded.source} does not say which data it was trained on; add --fid-data, e.g. cifar10")
+        check_memory(options.num_samples, loaded.model)
         from diffusion.fid import fid_of_samples, inception_extractor
 
         extractor = inception_extractor(device)
-    out_dir = args.out if args.out is not None else default_out_dir(loaded.path)
-    print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.weights} weights)")
+    out_dir = args.out if args.out is not None else default_out_dir(loaded)
+    if loaded.name:
+        print(f"weights {loaded.source} (converted: {loaded.path})")
+    else:
+        print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.weights} weights)")
     print(
         f"sampling {options.num_samples} images: {options.sampler}, {options.steps} steps, seed {options.seed}, "
         f"on {device}",
@@ -87,14 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         loaded, options, out_dir,
         precision=args.precision or loaded.config.train.precision,
         grid=not args.no_grid, save_images=args.save_images, video=args.video, progress=True,
-        compile=args.compile,
+        compile=args.compile, keep=args.fid,
     )
     print(f"sampled in {record['sampling_seconds']:.1f} s ({record['precision']}); wrote {out_dir}/")
     for name in [*record["files"], "samples.json"]:
         count = f" ({options.num_samples} PNG files)" if name == "images" else ""
         print(f"  {out_dir / name}{count}")
     if args.fid:
-        result = fid_of_samples(images, loaded.config.data, device, extractor=extractor)
+        data = dataclasses.replace(loaded.config.data, source=args.fid_data or loaded.config.data.source)
+        result = fid_of_samples(images, data, device, extractor=extractor)
         record.update(fid=result.fid, kid_mean=result.kid_mean, kid_std=result.kid_std,
                       fid_reference_images=result.num_reference)
         write_record(record, out_dir)

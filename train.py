@@ -5,7 +5,9 @@
   torchrun --nproc_per_node=N train.py --config ...   (DDP: train.batch_size is per process)
 
 A new run writes to <log.root>/<log.run_name>/ and refuses a folder that already exists, so
-nothing is overwritten: continue that run with --resume, or choose another log.run_name.
+nothing is overwritten: continue that run with --resume, or choose another log.run_name (a run
+folder without any checkpoint, left by a failed start, is reused). A checkpoint outside a run
+folder is continued in a new run folder.
 Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and prints the exact command
 that resumes the run (a second one aborts at once). Exit codes: 0 finished or stopped, 1 the
 loss became non-finite, 2 bad input (config, data, checkpoint), 130 aborted (a second Ctrl-C,

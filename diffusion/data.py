@@ -24,7 +24,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing
+import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from diffusion.checkpoint import write_atomic
+from diffusion.atomic import remove_stale, write_atomic
 from diffusion.config import DataConfig
 from diffusion.errors import DataError
 
@@ -67,7 +69,11 @@ def prepare_dataset(data: DataConfig, rank_zero: bool = True) -> np.ndarray:
     written atomically, so concurrent or interrupted builds never leave a broken cache.
     """
     root = Path(data.root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: data.root is a file; expected a folder")
     size = data.image_size
+    if rank_zero and (root / "cache").is_dir():
+        remove_stale(root / "cache")  # left by a build killed while saving
     if data.source in ("celeba", "folder"):
         if data.source == "celeba":
             files, box, transform = _celeba_files(root), CELEBA_BOX, "crop128at89x121"
@@ -94,14 +100,15 @@ def _listing_key(base: Path, files: list[Path], size: int) -> str:
             st = f.stat()
         except OSError as err:
             raise DataError(f"{f}: cannot read ({err.strerror})") from None
-        digest.update(f"{f.relative_to(base).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        name = os.fsencode(f.relative_to(base).as_posix())  # file names need not be valid UTF-8
+        digest.update(name + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
 def _open_cache(path: Path, size: int) -> np.ndarray:
     try:
         images = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
         raise DataError(f"{path}: unreadable image cache ({err}); delete it to rebuild") from None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:3] != (size, size):
         raise DataError(f"{path}: unexpected cache contents {images.dtype} {images.shape}; delete it to rebuild")
@@ -110,7 +117,16 @@ def _open_cache(path: Path, size: int) -> np.ndarray:
 
 def _save_atomic(path: Path, images: np.ndarray) -> None:
     """``np.save`` through :func:`write_atomic`: a crash never leaves a half-written cache."""
-    write_atomic(path, lambda f: np.save(f, images))
+    write_atomic(path, lambda f: np.save(f, images), needed=images.nbytes)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. 16-bit grayscale (PIL modes ``I;16*`` and ``I``, as 16-bit PNGs
+    open) is scaled by 255/65535: PIL's own conversion would clip every value above 255."""
+    if img.mode.startswith("I"):
+        wide = np.asarray(img).astype(np.float64)
+        img = Image.fromarray(np.clip(np.round(wide * (255 / 65535)), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
 
 
 def _load_image(path: Path, size: int, box: tuple[int, int, int, int] | None) -> tuple[np.ndarray | None, str]:
@@ -120,7 +136,7 @@ def _load_image(path: Path, size: int, box: tuple[int, int, int, int] | None) ->
     """
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = to_rgb(img)
             if box is None:  # centred square, rounded as torchvision's CenterCrop
                 w, h = img.size
                 s = min(w, h)
@@ -162,7 +178,17 @@ def _imap(fn: Callable[[Any], Any], items: list[Any], workers: int) -> Iterator[
     if workers == 0:
         yield map(fn, items)
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # The workers start with SIGINT ignored (an ignored signal stays ignored across exec, and
+    # Python then keeps it so): Ctrl-C stops only this process, which ends the pool, instead of
+    # printing a traceback from every worker.
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, handler)
+    with pool:
         yield pool.imap(fn, items, chunksize=max(1, min(256, len(items) // (8 * workers))))
 
 

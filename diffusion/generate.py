@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
+from diffusion.atomic import atomic_path
+from diffusion.checkpoint import load_checkpoint
 from diffusion.config import Config, SampleConfig, check_sampling, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
-from diffusion.media import atomic_path, image_grid, save_animation, save_png, to_uint8
+from diffusion.media import image_grid, save_animation, save_png, to_uint8
+from diffusion.pretrained import resolve
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
 from models import UNet, build_model
 
 VIDEO_FORMATS = ("mp4", "gif", "none")
+GRID_SAMPLES = 256  # the grid and the animation show about this many samples at most (see chunk_size)
 
 
 @dataclass
@@ -37,9 +42,11 @@ class LoadedModel:
     model: UNet
     schedule: NoiseSchedule
     config: Config
-    step: int  # the training step the checkpoint was written at
-    path: Path  # the checkpoint file
-    weights: str  # "ema" or "model"
+    step: int  # the training step the checkpoint was written at (0 for imported weights)
+    path: Path  # the checkpoint file (for imported weights, their converted copy in the cache)
+    weights: str  # "ema" or "model", or "imported" for weights from a diffusers folder or the Hub
+    source: str = ""  # where the weights came from: the checkpoint, folder, or Hub id with its commit
+    name: str | None = None  # a short name of imported weights (their default output folder)
 
 
 def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
@@ -65,17 +72,22 @@ def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
 def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the network of a checkpoint (or a run folder's last.pt) from its stored config.
 
+    ``checkpoint`` may also be a diffusers folder or a Hub id ``org/name[@revision]``
+    (:func:`diffusion.pretrained.resolve`: converted once, then loaded as a checkpoint from the
+    cache); such weights are a single set, so ``use_ema`` does not apply to them.
+
     The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
     or weights that do not fit the model the stored config describes, raise a one-line
     :class:`CheckpointError`. The weights are stored channels-last when the run trained so, and
     always on the CPU, where that makes sampling faster (docs/results.md#channels-last-sampling-on-cpu).
     """
-    path = resolve_checkpoint(checkpoint)
+    resolved = resolve(checkpoint)
+    path = resolved.path
     state = load_checkpoint(path, map_location="cpu")
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path}: its 'config' entry is not a mapping of config sections")
     config = from_dict(state["config"], source=f"{path}: stored config")
-    key = "ema" if use_ema else "model"
+    key = "ema" if use_ema or resolved.name else "model"
     weights = state.get(key)
     if not isinstance(weights, dict):
         hint = " (use --no-ema for the raw weights)" if use_ema else ""
@@ -95,7 +107,8 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
     if config.train.channels_last or torch.device(device).type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     schedule = NoiseSchedule.from_config(config.diffusion).to(device)
-    return LoadedModel(model, schedule, config, int(state["step"]), path, key)
+    kind = "imported" if resolved.name else key
+    return LoadedModel(model, schedule, config, int(state["step"]), path, kind, resolved.source, resolved.name)
 
 
 def sample_with_animation(
@@ -128,15 +141,25 @@ def sample_with_animation(
     return images, [grids[index] for index in shown]
 
 
-def default_out_dir(checkpoint: Path) -> Path:
-    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``."""
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+def default_out_dir(checkpoint: Path | LoadedModel) -> Path:
+    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``
+    (or a :class:`LoadedModel` of one); ``<log.root>/<name>/samples/<timestamp>/`` for imported
+    weights. Made here: two runs started in the same second get two folders (``<timestamp>-2``, ...)."""
+    if isinstance(checkpoint, LoadedModel) and checkpoint.name:
+        run = Path(checkpoint.config.log.root) / checkpoint.name
+    else:
+        path = checkpoint.path if isinstance(checkpoint, LoadedModel) else checkpoint
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out, n = run / "samples" / stamp, 1
-    while out.exists():
-        n += 1
-        out = run / "samples" / f"{stamp}-{n}"
-    return out
+    (run / "samples").mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        out = run / "samples" / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            out.mkdir()  # atomic: exactly one caller makes it
+            return out
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def write_samples(
@@ -150,33 +173,54 @@ def write_samples(
     video: str = "mp4",
     progress: bool = False,
     compile: bool = False,
-) -> tuple[torch.Tensor, dict[str, Any]]:
+    keep: bool = False,
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """Sample from ``loaded`` and write into ``out_dir``: ``grid.png``, ``images/000000.png`` ...
     (with ``save_images``), ``denoise.mp4`` / ``.gif`` (``video``; ``options.frames`` frames at
     ``options.fps``, the final image held a second) and ``samples.json``. With ``compile`` the
     network is compiled by :func:`~diffusion.device.compile_network` (its compilation counts in
     the sampling time; on CUDA replayed as CUDA graphs, activations channels-last).
-    Returns the samples (N, C, H, W) in [-1, 1] and that record."""
+
+    Samples are made and written in chunks of :func:`chunk_size` images, so any count streams to
+    disk in bounded memory; the grid and the animation show the first chunk. Returns every sample
+    as uint8 (N, C, H, W) when ``keep`` (else None), and the record."""
     check_sampling(options, loaded.schedule.timesteps)
     if video not in VIDEO_FORMATS:
         raise UserError(f"video: expected one of {', '.join(VIDEO_FORMATS)}, got '{video}'")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: is a file; expected an output folder (--out)")
     device = next(loaded.model.parameters()).device
     dtype = autocast_dtype(precision, device, sampling=True)
     started = time.perf_counter()
     model = compile_network(loaded.model, device) if compile else loaded.model
-    images, frames = sample_with_animation(
-        model, loaded.schedule, options, options.frames if video != "none" else 0,
-        device=device, autocast_dtype=dtype, progress=progress,
-    )
-    sampling_seconds = time.perf_counter() - started
+    chunk = chunk_size(options.batch_size)
     files: list[Path] = []
-    if grid:
-        files.append(save_png(image_grid(images), out_dir / "grid.png"))
+    kept: list[torch.Tensor] = []
+    frames: list[np.ndarray] = []
+    sampling_seconds = 0.0
+    for first in range(0, options.num_samples, chunk):
+        part = dataclasses.replace(options, num_samples=min(chunk, options.num_samples - first))
+        begun = started if first == 0 else time.perf_counter()
+        if first == 0:
+            images, frames = sample_with_animation(
+                model, loaded.schedule, part, options.frames if video != "none" else 0,
+                device=device, autocast_dtype=dtype, progress=progress,
+            )
+        else:
+            images = generate_from(
+                model, loaded.schedule, part, first=first, device=device, autocast_dtype=dtype, progress=progress,
+            )
+        sampling_seconds += time.perf_counter() - begun
+        pixels = to_uint8(images)
+        if first == 0 and grid:
+            files.append(save_png(image_grid(pixels), out_dir / "grid.png"))
+        if save_images:
+            for i, picture in enumerate(pixels.permute(0, 2, 3, 1).numpy(), start=first):
+                save_png(picture, out_dir / "images" / f"{i:06d}.png")
+        if keep:
+            kept.append(pixels)
     if save_images:
-        pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
-        for i, picture in enumerate(pixels):
-            save_png(picture, out_dir / "images" / f"{i:06d}.png")
         files.append(out_dir / "images")
     if frames:
         files.append(save_animation(frames, out_dir / f"denoise.{video}", fps=options.fps))
@@ -185,6 +229,7 @@ def write_samples(
         del settings["frames"], settings["fps"]
     record = {
         "checkpoint": str(loaded.path),
+        "source": loaded.source,
         "step": loaded.step,
         "weights": loaded.weights,
         **settings,
@@ -194,9 +239,16 @@ def write_samples(
         "sampling_seconds": round(sampling_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "files": [str(f.relative_to(out_dir)) for f in files],
+        "grid_samples": min(chunk, options.num_samples),
     }
     write_record(record, out_dir)
-    return images, record
+    return (torch.cat(kept) if keep else None), record
+
+
+def chunk_size(batch_size: int) -> int:
+    """Samples made and written at a time: the smallest multiple of ``batch_size`` (so batches are
+    those of one long run) that is at least ``GRID_SAMPLES``."""
+    return batch_size * math.ceil(GRID_SAMPLES / batch_size)
 
 
 def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:

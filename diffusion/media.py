@@ -1,24 +1,25 @@
 """Images in [-1, 1] -> uint8 pictures: grids, PNG files and denoising animations (mp4 / gif).
 
-Every file is written atomically: to a temporary name in the same folder, then renamed, so an
-interrupted run never leaves a truncated picture or video behind.
+Every file is written through :func:`diffusion.atomic.atomic_path`, so an interrupted run or a
+failed encoder never leaves a truncated picture or video under its final name.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import math
-import os
 import shutil
-from collections.abc import Iterator, Sequence
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
-import imageio.v2 as imageio
 import imageio.v3 as iio
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
+
+from diffusion.atomic import atomic_path
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -34,19 +35,6 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) 
     grid = make_grid(to_uint8(images), nrow=nrow, padding=padding, pad_value=255)
     array = grid.permute(1, 2, 0).numpy()
     return array[..., :1] if images.shape[1] == 1 else array
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path next to ``path`` (same suffix) that replaces ``path`` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:
@@ -104,12 +92,27 @@ def save_animation(frames: Sequence[np.ndarray], path: str | Path, fps: int, hol
     stack = video_frames(frames, fps, hold_seconds)
     with atomic_path(path) as tmp:
         if path.suffix == ".mp4":
-            with imageio.get_writer(
-                tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
-                quality=8, macro_block_size=2, ffmpeg_log_level="error",
-            ) as writer:
-                for frame in stack:
-                    writer.append_data(frame)
+            encode_mp4(stack, tmp, fps)
         else:
             iio.imwrite(tmp, stack, extension=".gif", duration=1000 / fps, loop=0)  # duration in ms
     return path
+
+
+def encode_mp4(stack: np.ndarray, path: Path, fps: int) -> None:
+    """Encode (F, H, W, 3) uint8 frames, H and W even, to ``path`` as H.264 yuv420p (crf 10) with
+    imageio-ffmpeg's binary. ffmpeg's exit status is checked (imageio's writer ignores it, so a
+    failed trailer would leave an unplayable file): a failure raises ``OSError``, with ENOSPC
+    when ffmpeg found the disk full."""
+    import imageio_ffmpeg
+
+    height, width = stack.shape[1:3]
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+        "-s", f"{width}x{height}", "-r", str(fps), "-i", "-", "-an", "-c:v", "libx264",
+        "-pix_fmt", "yuv420p", "-crf", "10", "-f", "mp4", str(path),
+    ]
+    done = subprocess.run(command, input=np.ascontiguousarray(stack).tobytes(), capture_output=True)
+    if done.returncode:
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {done.returncode}"]
+        full = any("No space left" in line for line in lines)
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"ffmpeg failed writing {path}: {lines[-1]}")

@@ -14,20 +14,26 @@ One optimizer step (Ho et al. Algorithm 1, with the DDPM recipe of their appendi
 
 The run folder ``<log.root>/<log.run_name>/`` holds ``config.yaml`` (the resolved config),
 ``checkpoints/`` (``step_XXXXXXX.pt``, the newest ``train.keep_checkpoints`` kept, and
-``last.pt``), ``tensorboard/`` and ``samples/step_XXXXXXX.png``. A new run refuses an existing
-folder; ``resume`` continues one. A checkpoint holds everything the next step depends on
-(weights, EMA, optimizer, scaler, data position, every process's RNG states), so on the CPU a
-run stopped after N steps and resumed for N more ends bitwise-identical to 2N uninterrupted steps.
+``last.pt``), ``tensorboard/`` and ``samples/step_XXXXXXX.png``, and ``.ddpm-run``: the mark of a
+folder this project made, and a lock held while a run writes there. A new run claims its folder
+atomically and refuses an existing one (unless it is a run folder without any checkpoint, left by
+a run that failed before its first: that one is reused); ``resume`` continues one. A checkpoint
+holds everything the next step depends on (weights, EMA, optimizer, scaler, data position, every
+process's RNG states), so on the CPU a run stopped after N steps and resumed for N more ends
+bitwise-identical to 2N uninterrupted steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
 import os
 import platform
 import random
+import secrets
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -44,7 +50,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from diffusion import distributed
-from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, write_atomic
+from diffusion.atomic import atomic_path, remove_stale, write_atomic
+from diffusion.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from diffusion.config import Config, TrainConfig
 from diffusion.data import BatchIterator, channels_of, prepare_dataset
 from diffusion.device import autocast_dtype, compile_network, resolve_device, tune_host_allocator
@@ -54,6 +61,7 @@ from diffusion.schedule import NoiseSchedule
 from models import build_model
 
 NEVER = 2**62  # "no non-finite loss yet" in the device-side record of the first bad step
+RUN_MARK = ".ddpm-run"  # in every run folder: marks it as made here, locked (flock) while a run writes to it
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,6 +88,49 @@ def learning_rate(step: int, train_cfg: TrainConfig) -> float:
     p = min(1.0, (step - 1 - start) / (train_cfg.steps - start))
     decay = 1.0 - p if train_cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
     return train_cfg.lr * warmup * decay
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` was made by a training run (its mark; or, from before the mark, the
+    ``config.yaml`` and ``tensorboard/`` every run writes)."""
+    return (folder / RUN_MARK).is_file() or ((folder / "config.yaml").is_file() and (folder / "tensorboard").is_dir())
+
+
+def has_checkpoints(folder: Path) -> bool:
+    return any((folder / "checkpoints").glob("*.pt"))
+
+
+def claim_run_folder(run_dir: Path, new: bool) -> Any:
+    """Create (or, for ``new=False`` or a reusable folder, open) ``run_dir`` and lock it for this
+    process; the open lock file is returned (closing it releases the lock). Two runs started at
+    once with one folder: exactly one wins, the other gets a one-line :class:`ConfigError`."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+        made = True
+    except FileExistsError:
+        made = False
+        if new and not (run_dir / RUN_MARK).is_file():
+            raise _exists(run_dir) from None
+    lock = open(run_dir / RUN_MARK, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(f"{run_dir}: another training run is writing to this run folder; choose another log.run_name") from None
+    if new and not made:
+        if has_checkpoints(run_dir):
+            lock.close()
+            raise _exists(run_dir)
+        for leftover in ("tensorboard", "samples"):  # of the start that failed before its first checkpoint
+            shutil.rmtree(run_dir / leftover, ignore_errors=True)
+    return lock
+
+
+def _exists(run_dir: Path) -> ConfigError:
+    return ConfigError(
+        f"{run_dir}: run folder already exists; continue it with --resume {run_dir}, or choose another log.run_name"
+    )
 
 
 def library_versions() -> dict[str, str]:
@@ -146,7 +197,8 @@ class Trainer:
 
             self.fid_extractor = inception_extractor(self.device)
         distributed.init_process_group(self.env, self.device)
-        self.run_dir, checkpoint = self.env.broadcast(self._run_folder(resume) if self.env.is_main else None)
+        self.run_dir, checkpoint, self.new_folder = self.env.broadcast(self._run_folder(resume) if self.env.is_main else None)
+        self.lock: Any = None  # rank zero's lock of the run folder, taken when the run starts
         self.checkpoint_dir = self.run_dir / "checkpoints"
 
         if self.env.is_main:
@@ -190,18 +242,15 @@ class Trainer:
 
     # Run folder and checkpoints ------------------------------------------------------------
 
-    def _run_folder(self, resume: str | Path | bool | None) -> tuple[Path, Path | None]:
-        """(run folder, checkpoint to resume from or None)."""
+    def _run_folder(self, resume: str | Path | bool | None) -> tuple[Path, Path | None, bool]:
+        """(run folder, checkpoint to resume from or None, whether the folder is to be made).
+        Only checks: nothing is created before every input has been validated."""
         log = self.cfg.log
         root = Path(log.root)
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"{root}: log.root is a file; expected a folder for run folders")
         if resume is None or resume is False:
-            run_dir = root / (log.run_name or f"{self.cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-            if run_dir.exists():
-                raise ConfigError(
-                    f"{run_dir}: run folder already exists; continue it with --resume {run_dir},"
-                    f" or choose another log.run_name"
-                )
-            return run_dir, None
+            return self._new_folder(), None, True
         if resume is True:
             if log.run_name:
                 run_dir = root / log.run_name
@@ -210,10 +259,29 @@ class Trainer:
                 if not runs:
                     raise CheckpointError(f"{root}: no run of '{self.cfg.name}' to resume; pass --resume PATH")
                 run_dir = runs[-1].parent.parent
-            return run_dir, resolve_checkpoint(run_dir)
+            if is_run_folder(run_dir) and not has_checkpoints(run_dir):
+                raise CheckpointError(f"{run_dir}: the run stopped before its first checkpoint; start it again without --resume")
+            return run_dir, resolve_checkpoint(run_dir), False
         checkpoint = resolve_checkpoint(resume)
-        parent = checkpoint.parent
-        return (parent.parent if parent.name == "checkpoints" else parent), checkpoint
+        folder = checkpoint.parent.parent
+        if checkpoint.parent.name == "checkpoints" and is_run_folder(folder):
+            return folder, checkpoint, False
+        run_dir = self._new_folder()  # never write into a folder this project did not make
+        self._print(f"{checkpoint} is not in a run folder: continuing it in a new run folder {run_dir}")
+        return run_dir, checkpoint, True
+
+    def _new_folder(self) -> Path:
+        """``<log.root>/<log.run_name>``, refused when it exists (unless reusable, see
+        :func:`claim_run_folder`); by default ``<config name>-<time>-<random>``, unique."""
+        log = self.cfg.log
+        if not log.run_name:
+            return Path(log.root) / f"{self.cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        run_dir = Path(log.root) / log.run_name
+        if run_dir.exists():
+            if not (run_dir / RUN_MARK).is_file() or has_checkpoints(run_dir):
+                raise _exists(run_dir)
+            self._print(f"{run_dir}: reusing this run folder: it has no checkpoint (an earlier start stopped before its first)")
+        return run_dir
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -266,13 +334,11 @@ class Trainer:
         }
         save_checkpoint(state, path)
         last = self.checkpoint_dir / "last.pt"
-        link = self.checkpoint_dir / f".last.pt.{os.getpid()}.tmp"
         try:  # a hard link renamed over last.pt: atomic, and no second copy on disk
-            link.unlink(missing_ok=True)
-            os.link(path, link)
-            os.replace(link, last)
+            with atomic_path(last) as link:
+                link.unlink()
+                os.link(path, link)
         except OSError:  # a file system without hard links
-            link.unlink(missing_ok=True)
             save_checkpoint(state, last)
         steps = sorted(self.checkpoint_dir.glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
         for old in steps[: -self.cfg.train.keep_checkpoints]:
@@ -280,12 +346,12 @@ class Trainer:
         return path
 
     def _prepare_run_folder(self) -> None:
-        """Rank zero: folders, the resolved config.yaml, TensorBoard; stale temporary files removed."""
+        """Rank zero: claim the run folder; the resolved config.yaml, TensorBoard; stale temporary files removed."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a run killed while saving
-            stale.unlink()
+        self.lock = claim_run_folder(self.run_dir, self.new_folder)
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        remove_stale(self.checkpoint_dir)  # left by a run killed while saving
         resolved = dataclasses.replace(
             self.cfg, log=dataclasses.replace(self.cfg.log, root=str(self.run_dir.parent), run_name=self.run_dir.name)
         )
@@ -307,6 +373,8 @@ class Trainer:
             self.batches.close()
             if self.writer is not None:
                 self.writer.close()
+            if self.lock is not None:
+                self.lock.close()
             self.env.close()
         return self.run_dir
 

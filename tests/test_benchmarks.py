@@ -23,6 +23,7 @@ from attention import SpatialSelfAttention
 from benchmarks import (
     bench_allocator,
     bench_data,
+    bench_import,
     bench_models,
     bench_sampling,
     cpu_bf16,
@@ -416,3 +417,18 @@ def test_bf16_check_trains_both_precisions_and_scores_them(repo_root, tmp_path, 
               if line.startswith(("| fp32 | 0 |", "| bf16 | 0 |"))]
     assert scores == [["fp32", "0", "fp32"], ["fp32", "0", "bf16"], ["bf16", "0", "bf16"], ["bf16", "0", "fp32"]]
     assert yaml.safe_load((folder / "bf16-seed0" / "config.yaml").read_text())["train"]["precision"] == "bf16"
+
+
+@needs_diffusers
+@pytest.mark.slow
+def test_import_benchmark_prints_differences_and_timings(monkeypatch, capsys):
+    """At the reduced widths of the import tests; the benchmark's own layouts are full width."""
+    from test_pretrained import LAYOUTS
+
+    monkeypatch.setattr(bench_import, "LAYOUTS", LAYOUTS)
+    monkeypatch.setenv("DDPM_CACHE", "")  # restored after the benchmark sets its own
+    bench_import.main(["--repeats", "1", "--calls", "1", "--batch-size", "1"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in out.splitlines() if line.startswith("| cifar10") or line.startswith("| 256px")}
+    assert set(rows) == {"cifar10", "256px"} and all(float(diff) <= 1e-4 for diff in rows.values())
+    assert "| imported (tf_same padding) |" in out and "| native (symmetric padding) |" in out
