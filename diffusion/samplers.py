@@ -242,7 +242,7 @@ def dpm_solver_pp_2m_steps(
     stochastic: bool = False,
 ) -> Iterator[ReverseStep]:
     """DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095), data prediction: Algorithm 2, or with
-    ``stochastic`` its SDE variant (their sec. 5, SDE-DPM-Solver++).
+    ``stochastic`` its SDE counterpart from the same paper, SDE-DPM-Solver++(2M).
 
     With alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t), lambda_t = log(alpha_t / sigma_t)
     and h = lambda_s - lambda_t, a step t -> s is
