@@ -191,7 +191,7 @@ def write_samples(
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: is a file; expected an output folder (--out)")
     device = next(loaded.model.parameters()).device
-    dtype = autocast_dtype(precision, device)
+    dtype = autocast_dtype(precision, device, sampling=True)
     started = time.perf_counter()
     model = compile_network(loaded.model, device) if compile else loaded.model
     chunk = chunk_size(options.batch_size)
