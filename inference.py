@@ -5,9 +5,11 @@
     python inference.py --checkpoint Models/<run> --num-samples 10000 --sampler dpm++ --steps 20 --fid
     python inference.py --checkpoint Models/<digits run> --classes 3,7 --guidance-scale 2
     python inference.py --checkpoint Models/<celeba run> --attributes Smiling=1,Eyeglasses=0
+    python inference.py --checkpoint google/ddpm-celebahq-256 --sampler dpm++ --steps 25 --num-samples 4
 
 Defaults come from the checkpoint's ``sample:`` config section; flags override them. Files go to
-``Models/<run>/samples/<timestamp>/`` unless ``--out`` is given.
+``Models/<run>/samples/<timestamp>/`` (imported weights: ``Models/<name>/samples/...``) unless
+``--out`` is given.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from diffusion.cli import Parser, add_device_flag, add_threads_flag, positive_int, set_threads
 from diffusion.conditioning import data_conditions, sampling_conditions
+from diffusion.config import DATA_SOURCES
 from diffusion.device import PRECISIONS, resolve_device, tune_host_allocator
 from diffusion.errors import UserError, run_cli
 from diffusion.generate import (
@@ -49,7 +52,8 @@ def check_memory(num_samples: int, model: torch.nn.Module) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(__doc__)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (its checkpoints/last.pt)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, a run folder (its checkpoints/last.pt), a diffusers folder,"
+                   " or a Hugging Face Hub id such as google/ddpm-cifar10-32[@revision]")
     p.add_argument("--num-samples", type=positive_int, help="images to generate (default: sample.num_samples)")
     p.add_argument("--batch-size", type=positive_int, help="images per network call (default: sample.batch_size)")
     p.add_argument("--sampler", choices=SAMPLERS, help="reverse process (default: sample.sampler)")
@@ -91,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " use >= 10000 samples for unbiased numbers; a conditional model without --classes/--attributes"
         " samples labels drawn from the training data",
     )
+    p.add_argument(
+        "--fid-data", choices=DATA_SOURCES,
+        help="the training set --fid compares against, under data.root (default: the checkpoint's data.source;"
+        " imported weights need it, e.g. cifar10 for google/ddpm-cifar10-32)",
+    )
     return p.parse_args(argv)
 
 
@@ -115,12 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.fid:  # before sampling: too few samples, a missing 'fid' extra or Inception weights stop here
         if options.num_samples < 2:
             raise UserError(f"--fid needs at least 2 samples, got --num-samples {options.num_samples}")
+        if loaded.name and args.fid_data is None:
+            raise UserError(f"--fid: {loaded.source} does not say which data it was trained on; add --fid-data, e.g. cifar10")
         check_memory(options.num_samples, loaded.model)
         from diffusion.fid import fid_of_samples, inception_extractor
 
         extractor = inception_extractor(device)
-    out_dir = args.out if args.out is not None else default_out_dir(loaded.path)
-    print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.weights} weights)")
+    out_dir = args.out if args.out is not None else default_out_dir(loaded)
+    if loaded.name:
+        print(f"weights {loaded.source} (converted: {loaded.path})")
+    else:
+        print(f"checkpoint {loaded.path} (step {loaded.step}, {loaded.weights} weights)")
     print(
         f"sampling {options.num_samples} images: {options.sampler}, {options.steps} steps, seed {options.seed}, "
         f"{f'guidance scale {options.guidance_scale:g}, ' if conditions is not None else ''}on {device}",
@@ -137,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         count = f" ({options.num_samples} PNG files)" if name == "images" else ""
         print(f"  {out_dir / name}{count}")
     if args.fid:
-        result = fid_of_samples(images, loaded.config.data, device, extractor=extractor)
+        data = dataclasses.replace(loaded.config.data, source=args.fid_data or loaded.config.data.source)
+        result = fid_of_samples(images, data, device, extractor=extractor)
         record.update(fid=result.fid, kid_mean=result.kid_mean, kid_std=result.kid_std,
                       fid_reference_images=result.num_reference)
         write_record(record, out_dir)

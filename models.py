@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -85,15 +85,26 @@ class ResAttnBlock(nn.Module):
         return self.attn(x) if self.attn is not None else x
 
 
-class Downsample(nn.Module):
-    """Halve the resolution with a stride-2 3x3 convolution."""
+DownsamplePadding = Literal["symmetric", "tf_same"]
 
-    def __init__(self, ch: int) -> None:
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution.
+
+    ``padding``: ``symmetric`` pads one zero pixel on every side; ``tf_same`` is TensorFlow's
+    'SAME' padding of a stride-2 convolution on an even size, one zero pixel on the right and
+    bottom only, as in Ho et al.'s TensorFlow code and the weights they released.
+    """
+
+    def __init__(self, ch: int, padding: DownsamplePadding = "symmetric") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        if padding not in ("symmetric", "tf_same"):
+            raise ValueError(f"model.downsample_padding: expected 'symmetric' or 'tf_same', got {padding!r}")
+        self.tf_same = padding == "tf_same"
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0 if self.tf_same else 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.tf_same else x)
 
 
 def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
@@ -142,6 +153,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         norm_groups: int = 32,
         scale_shift: bool = False,
+        downsample_padding: DownsamplePadding = "symmetric",
         num_classes: int = 0,
         num_attributes: int = 0,
     ) -> None:
@@ -184,7 +196,7 @@ class UNet(nn.Module):
                 ch = base_channels * mult
                 skip_chs.append(ch)
             if level != len(channel_mult) - 1:
-                self.down.append(Downsample(ch))
+                self.down.append(Downsample(ch, downsample_padding))
                 skip_chs.append(ch)
                 res //= 2
 

@@ -52,6 +52,7 @@ from diffusion.cli import (
 )
 from diffusion.config import Config, ModelConfig, load_config
 from diffusion.device import compile_network, resolve_device, tune_host_allocator
+from diffusion.diffusers_format import unet_config
 from diffusion.errors import UserError, run_cli
 from diffusion.schedule import NoiseSchedule
 from models import UNet
@@ -125,29 +126,13 @@ DEFAULT_MODES = ("fp32", "bf16", "channels_last")
 
 class DiffusersUNet(nn.Module):
     """diffusers' ``UNet2DModel`` with the same widths, depths, attention levels and norms as
-    ``UNet(**model_cfg)``, called as ``model(x, t)`` like ours."""
+    ``UNet(**model_cfg)`` (the config ``diffusion.export`` writes), called as ``model(x, t)`` like ours."""
 
     def __init__(self, m: ModelConfig) -> None:
         super().__init__()
         from diffusers import UNet2DModel
 
-        widths = tuple(m.base_channels * k for k in m.channel_mult)
-        sizes = [m.image_size // 2**level for level in range(len(widths))]
-        first_attn = next((w for w, s in zip(widths, sizes, strict=True) if s in m.attention_resolutions), widths[-1])
-        self.net = UNet2DModel(
-            sample_size=m.image_size,
-            in_channels=m.in_channels,
-            out_channels=m.in_channels,
-            block_out_channels=widths,
-            layers_per_block=m.num_res_blocks,
-            down_block_types=tuple("AttnDownBlock2D" if s in m.attention_resolutions else "DownBlock2D" for s in sizes),
-            up_block_types=tuple("AttnUpBlock2D" if s in m.attention_resolutions else "UpBlock2D" for s in reversed(sizes)),
-            attention_head_dim=m.head_dim or first_attn // m.num_heads,
-            dropout=m.dropout,
-            norm_num_groups=m.norm_groups,
-            norm_eps=1e-6,
-            resnet_time_scale_shift="scale_shift" if m.scale_shift else "default",
-        )
+        self.net = UNet2DModel(**{k: v for k, v in unet_config(m).items() if not k.startswith("_")})
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(x, t).sample

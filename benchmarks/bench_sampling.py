@@ -78,13 +78,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="run at most this many steps per sampler and extrapolate (default: all)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="autocast precision, as inference.py --precision (default auto: bf16 on CUDA, else fp32)")
+                        help="autocast precision, as inference.py --precision (default auto: bf16 on CUDA and on CPUs with"
+                             " native bf16, else fp32)")
     parser.add_argument("--guidance-scale", type=float,
                         help="time class-conditional networks, unguided and guided by this scale (default: unconditional)")
     add_allocator_flag(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device, "--device")
-    dtype = autocast_dtype(args.precision, device, "--precision")
+    dtype = autocast_dtype(args.precision, device, "--precision", sampling=True)
     kept = set_up_allocator(args, device)
     set_threads(args.threads)
     print(f"{args.num_samples} images, {device}, {precision_name(dtype)}, {torch.get_num_threads()} thread(s)"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -46,20 +45,13 @@ from benchmarks.digits_quality import (
 )
 from diffusion.cli import config_path
 from diffusion.config import load_config
+from diffusion.device import cpu_has_bf16
 from diffusion.errors import UserError, run_cli
 from diffusion.generate import load_model
 from diffusion.samplers import generate_from
 from diffusion.trainer import train
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (x86: AVX-512 BF16 or AMX; Arm: the BF16
-    extension). Elsewhere oneDNN falls back to slow kernels (docs/results.md#bf16-on-cpus)."""
-    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class EmulatedBF16Kernels(TorchFunctionMode):

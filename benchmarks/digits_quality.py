@@ -8,6 +8,10 @@ Data/cache/) a small CNN classifier on the bundled digits and measures, over N s
 * the share of samples the classifier labels with >= 90% confidence (legible digits).
 
     python benchmarks/digits_quality.py --checkpoint Models/<run> [--samplers ddpm ddim:50 dpm++:20]
+                                        [--num-samples 500] [--real-subsets 3]
+
+The floor is the FID of real images: with ``--real-subsets K`` it is averaged over K disjoint
+random sets of ``--num-samples`` training images; without ``--checkpoint`` only it is printed.
 """
 
 from __future__ import annotations
@@ -131,26 +135,44 @@ def sampler_options(spec: str, sample: SampleConfig, num_samples: int, seed: int
     )
 
 
+def real_floor(classifier: DigitClassifier, real: torch.Tensor, size: int, subsets: int, seed: int) -> list[float]:
+    """FID of ``subsets`` disjoint random sets of ``size`` real images against all of them: the best a
+    model can score with ``size`` samples (the floor its FID is judged against)."""
+    if subsets * size > len(real):
+        raise UserError(f"--real-subsets: {subsets} disjoint sets of {size} need {subsets * size} images,"
+                        f" the digits have {len(real)}")
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+    return [quality(classifier, real[idx], real)["fid"] for idx in order[: subsets * size].split(size)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    parser.add_argument("--checkpoint", help="checkpoint file or run folder (without it: only the real-data floor)")
     parser.add_argument("--samplers", nargs="+", default=["default", "ddim:50"],
                         help="sampler[:steps] list; 'default' uses the checkpoint's sample section")
     parser.add_argument("--num-samples", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=1, help="seed of the samples and of the real-vs-real subset")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the samples and of the real-vs-real subsets")
+    parser.add_argument("--real-subsets", type=int, default=1,
+                        help="average the real-data floor over this many disjoint real subsets of --num-samples images")
     parser.add_argument("--root", default="Data", help="data root: the digits cache and the classifier live under it")
     args = parser.parse_args(argv)
+    if args.real_subsets < 1:
+        raise UserError(f"--real-subsets: expected a positive integer, got {args.real_subsets}")
 
-    loaded = load_model(args.checkpoint)
-    cfg = loaded.config
-    if cfg.data.source != "digits" or cfg.model.image_size != 16 or cfg.model.in_channels != 1:
-        raise UserError(f"{loaded.path}: not a 16x16 digits model (data.source {cfg.data.source!r}, "
-                        f"{cfg.model.in_channels} channel(s) at {cfg.model.image_size}x{cfg.model.image_size})")
-    options = [sampler_options(spec, cfg.sample, args.num_samples, args.seed) for spec in args.samplers]
+    loaded = load_model(args.checkpoint) if args.checkpoint else None
+    if loaded is not None:
+        cfg = loaded.config
+        if cfg.data.source != "digits" or cfg.model.image_size != 16 or cfg.model.in_channels != 1:
+            raise UserError(f"{loaded.path}: not a 16x16 digits model (data.source {cfg.data.source!r}, "
+                            f"{cfg.model.in_channels} channel(s) at {cfg.model.image_size}x{cfg.model.image_size})")
+        options = [sampler_options(spec, cfg.sample, args.num_samples, args.seed) for spec in args.samplers]
     classifier = trained_classifier(args.root)
     real, _ = digits_data(args.root)
-    subset = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(args.seed))[:500]]
-    print(f"real vs real (500 random training images): {quality(classifier, subset, real)}")
+    floor = real_floor(classifier, real, args.num_samples, args.real_subsets, args.seed)
+    print(f"real vs real ({args.real_subsets} disjoint sets of {args.num_samples} training images): FID "
+          f"{' '.join(f'{f:.2f}' for f in floor)}, mean {sum(floor) / len(floor):.2f}")
+    if loaded is None:
+        return 0
     print(f"checkpoint {loaded.path} at step {loaded.step}")
     print("| sampler | steps | FID (classifier) | min class % | max class % | confident % | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -50,15 +50,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``: a pickle that would run code is refused)."""
-    path = resolve_checkpoint(path)
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path}: not a checkpoint, or a truncated one (torch.save writes a zip archive; this file is not a complete one)"
-        )
+def torch_load_safely(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: a pickle that would run code, or a truncated or
+    foreign file, raises a one-line :class:`CheckpointError`."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
         if "weights_only" in str(err) or "Unsupported" in str(err):
@@ -67,6 +63,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, LookupError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a checkpoint, or truncated/corrupt ({first})") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``: a pickle that would run code is refused)."""
+    path = resolve_checkpoint(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a checkpoint, or a truncated one (torch.save writes a zip archive; this file is not a complete one)"
+        )
+    state = torch_load_safely(path, map_location)
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: not a ddpm checkpoint (expected the keys {', '.join(REQUIRED_KEYS)})")
     return state

@@ -24,10 +24,13 @@ import yaml
 
 from diffusion.errors import ConfigError
 
+DataSource = Literal["celeba", "cifar10", "folder", "digits"]
+DATA_SOURCES: tuple[str, ...] = typing.get_args(DataSource)
+
 
 @dataclass
 class DataConfig:
-    source: Literal["celeba", "cifar10", "folder", "digits"] = "celeba"  # dataset: CelebA or CIFAR-10 (torchvision), any image folder under root, or scikit-learn's bundled 8x8 digits
+    source: DataSource = "celeba"  # dataset: CelebA or CIFAR-10 (torchvision), any image folder under root, or scikit-learn's bundled 8x8 digits
     root: str = "Data"  # where datasets live; the prepared uint8 cache goes to <root>/cache/
     image_size: int = 64  # side of the square training images, in pixels
     random_flip: bool = True  # random horizontal flips, applied on the batch tensors on the training device
@@ -50,6 +53,7 @@ class ModelConfig:
     norm_groups: int = 32  # GroupNorm groups; must divide every block's channel count
     scale_shift: bool = False  # time conditioning as GroupNorm scale and shift (improved-diffusion) instead of an added bias
     num_classes: int = 0  # class-conditional model with this many classes (labels of digits, CIFAR-10, or one subfolder per class); 0: unconditional
+    downsample_padding: Literal["symmetric", "tf_same"] = "symmetric"  # zero padding of the stride-2 downsampling convs: a pixel on every side, or TensorFlow 'SAME' (right and bottom only, as the paper's released weights)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class DiffusionConfig:
     beta_start: float = 1e-4  # first beta of the linear schedule (at T = 1000; scaled by 1000/T otherwise)
     beta_end: float = 0.02  # last beta of the linear schedule (at T = 1000; scaled by 1000/T otherwise)
     objective: Literal["eps", "x0", "v"] = "eps"  # what the network predicts: the noise (L_simple), the clean image, or v
+    min_snr_gamma: float = 0.0  # min-SNR-gamma loss weighting (Hang et al. 2023; they use 5): each timestep's loss weighted as min(SNR, gamma) on the x0 error; 0: off (unweighted, Ho et al.)
 
 
 @dataclass
@@ -68,12 +73,14 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches accumulated into one optimizer step
     lr: float = 2e-4  # peak AdamW learning rate
     warmup_steps: int = 5000  # linear learning-rate warmup from 0 to lr
+    lr_decay: Literal["none", "linear", "cosine"] = "none"  # decay of the learning rate to 0 over the run's last part: none keeps it constant (Ho et al.)
+    lr_decay_start: float = 0.0  # fraction of train.steps after which lr_decay begins (0: right away, 0.5: over the second half)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2)
     grad_clip: float = 1.0  # clip the global gradient norm to this value (0: no clipping)
     ema_decay: float = 0.9999  # EMA decay; the effective decay is min(ema_decay, (1 + n) / (10 + n)) after n updates
     ema_every: int = 1  # update the EMA weights every this many steps
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, fp32 elsewhere (why: docs/results.md#bf16-on-cpus)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA; on a CPU fp32, except that sampling is bf16 where the CPU has it natively (AMX or AVX-512 BF16; why: docs/results.md#bf16-on-cpus)
     compile: bool = False  # torch.compile the model (on CUDA its graph keeps activations channels-last; the model stays NCHW)
     cuda_graphs: bool = False  # with compile on CUDA: replay the compiled model as CUDA graphs (torch.compile mode reduce-overhead); no effect on other devices
     channels_last: bool = False  # channels-last memory format for the model and batches (off by default: docs/results.md#gpu-h200)
@@ -86,7 +93,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: Literal["ddpm", "ddim", "dpm++"] = "ddpm"  # reverse process used by inference.py
+    sampler: Literal["ddpm", "ddim", "dpm++", "dpm++sde"] = "ddpm"  # reverse process used by inference.py; dpm++sde: DPM-Solver++(2M) SDE, stochastic like ddpm
     steps: int = 1000  # network evaluations, at most T; fewer than T respaces the ddpm sampler too (Nichol & Dhariwal sec. 4)
     eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     ddpm_variance: Literal["beta", "beta_tilde"] = "beta"  # reverse variance of the ddpm sampler (Ho et al. sec. 3.2)
@@ -106,7 +113,7 @@ class LogConfig:
     log_every: int = 100  # TensorBoard scalars and progress-bar refresh every this many steps
     sample_every: int = 5000  # EMA sample grid to TensorBoard and samples/ every this many steps (0: never)
     sample_count: int = 16  # images in that grid
-    sample_sampler: Literal["ddpm", "ddim", "dpm++"] = "dpm++"  # fast sampler for those grids
+    sample_sampler: Literal["ddpm", "ddim", "dpm++", "dpm++sde"] = "dpm++"  # fast sampler for those grids
     sample_steps: int = 20  # its number of steps
     fid_every: int = 0  # FID of the EMA model every this many steps (0: never; needs the 'fid' extra)
     fid_samples: int = 1000  # samples per periodic FID
@@ -300,6 +307,7 @@ def validate(cfg: Config, source: str = "config") -> Config:
         "train.warmup_steps": cfg.train.warmup_steps,
         "train.weight_decay": cfg.train.weight_decay,
         "train.grad_clip": cfg.train.grad_clip,
+        "diffusion.min_snr_gamma": cfg.diffusion.min_snr_gamma,
         "log.sample_every": cfg.log.sample_every,
         "log.fid_every": cfg.log.fid_every,
     }
@@ -339,6 +347,8 @@ def validate(cfg: Config, source: str = "config") -> Config:
     _validate_conditioning(cfg, source)
     if cfg.train.cuda_graphs and not cfg.train.compile:
         raise ConfigError(f"{source}: train.cuda_graphs=true needs train.compile=true (the graphs are recorded by torch.compile)")
+    if not 0.0 <= cfg.train.lr_decay_start < 1.0:
+        raise ConfigError(f"{source}: train.lr_decay_start: expected a fraction in [0, 1), got {cfg.train.lr_decay_start}")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"{source}: train.ema_decay: expected a value in [0, 1), got {cfg.train.ema_decay}")
     if len(cfg.train.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.train.adam_betas):

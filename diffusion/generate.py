@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from diffusion.atomic import atomic_path
-from diffusion.checkpoint import load_checkpoint, resolve_checkpoint
+from diffusion.checkpoint import load_checkpoint
 from diffusion.conditioning import Conditions, sampling_conditions
 from diffusion.config import Config, SampleConfig, check_sampling, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import image_grid, save_animation, save_png, to_uint8
+from diffusion.pretrained import resolve
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
 from models import UNet, build_model
@@ -42,9 +43,11 @@ class LoadedModel:
     model: UNet
     schedule: NoiseSchedule
     config: Config
-    step: int  # the training step the checkpoint was written at
-    path: Path  # the checkpoint file
-    weights: str  # "ema" or "model"
+    step: int  # the training step the checkpoint was written at (0 for imported weights)
+    path: Path  # the checkpoint file (for imported weights, their converted copy in the cache)
+    weights: str  # "ema" or "model", or "imported" for weights from a diffusers folder or the Hub
+    source: str = ""  # where the weights came from: the checkpoint, folder, or Hub id with its commit
+    name: str | None = None  # a short name of imported weights (their default output folder)
 
 
 def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
@@ -70,17 +73,22 @@ def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
 def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the network of a checkpoint (or a run folder's last.pt) from its stored config.
 
+    ``checkpoint`` may also be a diffusers folder or a Hub id ``org/name[@revision]``
+    (:func:`diffusion.pretrained.resolve`: converted once, then loaded as a checkpoint from the
+    cache); such weights are a single set, so ``use_ema`` does not apply to them.
+
     The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
     or weights that do not fit the model the stored config describes, raise a one-line
     :class:`CheckpointError`. The weights are stored channels-last when the run trained so, and
     always on the CPU, where that makes sampling faster (docs/results.md#channels-last-sampling-on-cpu).
     """
-    path = resolve_checkpoint(checkpoint)
+    resolved = resolve(checkpoint)
+    path = resolved.path
     state = load_checkpoint(path, map_location="cpu")
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path}: its 'config' entry is not a mapping of config sections")
     config = from_dict(state["config"], source=f"{path}: stored config")
-    key = "ema" if use_ema else "model"
+    key = "ema" if use_ema or resolved.name else "model"
     weights = state.get(key)
     if not isinstance(weights, dict):
         hint = " (use --no-ema for the raw weights)" if use_ema else ""
@@ -100,7 +108,8 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
     if config.train.channels_last or torch.device(device).type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     schedule = NoiseSchedule.from_config(config.diffusion).to(device)
-    return LoadedModel(model, schedule, config, int(state["step"]), path, key)
+    kind = "imported" if resolved.name else key
+    return LoadedModel(model, schedule, config, int(state["step"]), path, kind, resolved.source, resolved.name)
 
 
 def sample_with_animation(
@@ -138,10 +147,15 @@ def sample_with_animation(
     return images, [grids[index] for index in shown]
 
 
-def default_out_dir(checkpoint: Path) -> Path:
-    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``,
-    made here: two runs started in the same second get two folders (``<timestamp>-2``, ...)."""
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+def default_out_dir(checkpoint: Path | LoadedModel) -> Path:
+    """``<run folder>/samples/<timestamp>/`` for a checkpoint in ``<run folder>/checkpoints/``
+    (or a :class:`LoadedModel` of one); ``<log.root>/<name>/samples/<timestamp>/`` for imported
+    weights. Made here: two runs started in the same second get two folders (``<timestamp>-2``, ...)."""
+    if isinstance(checkpoint, LoadedModel) and checkpoint.name:
+        run = Path(checkpoint.config.log.root) / checkpoint.name
+    else:
+        path = checkpoint.path if isinstance(checkpoint, LoadedModel) else checkpoint
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (run / "samples").mkdir(parents=True, exist_ok=True)
     for n in itertools.count(1):
@@ -190,7 +204,7 @@ def write_samples(
     labels = conditions.labels if conditions is not None else None
     nrow = conditions.row_length if conditions is not None else None
     device = next(loaded.model.parameters()).device
-    dtype = autocast_dtype(precision, device)
+    dtype = autocast_dtype(precision, device, sampling=True)
     started = time.perf_counter()
     model = compile_network(loaded.model, device) if compile else loaded.model
     chunk = chunk_size(options.batch_size)
@@ -232,6 +246,7 @@ def write_samples(
         del settings["guidance_scale"]
     record = {
         "checkpoint": str(loaded.path),
+        "source": loaded.source,
         "step": loaded.step,
         "weights": loaded.weights,
         **settings,

@@ -1,4 +1,4 @@
-"""Reverse-process samplers: DDPM ancestral sampling, DDIM and DPM-Solver++(2M).
+"""Reverse-process samplers: DDPM ancestral sampling, DDIM and DPM-Solver++(2M), as an ODE or SDE solver.
 
 Each sampler is a generator over the reverse steps. It draws x_T from a noise source, calls the
 network once per step and yields a :class:`ReverseStep` holding the predicted clean image and the
@@ -43,8 +43,8 @@ from diffusion.schedule import NoiseSchedule
 if TYPE_CHECKING:
     from diffusion.config import SampleConfig
 
-SamplerName = Literal["ddpm", "ddim", "dpm++"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
+SamplerName = Literal["ddpm", "ddim", "dpm++", "dpm++sde"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++", "dpm++sde")
 NoiseSource = Callable[[], torch.Tensor]  # each call returns the next (B, C, H, W) standard normal draw
 
 
@@ -271,14 +271,19 @@ def dpm_solver_pp_2m_steps(
     alpha_bar: list[float],
     timesteps: list[int],
     noise: NoiseSource,
+    stochastic: bool = False,
 ) -> Iterator[ReverseStep]:
-    """DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095) Algorithm 2, data prediction.
+    """DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095), data prediction: Algorithm 2, or with
+    ``stochastic`` its SDE counterpart from the same paper, SDE-DPM-Solver++(2M).
 
     With alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t), lambda_t = log(alpha_t / sigma_t)
     and h = lambda_s - lambda_t, a step t -> s is
-        x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,
+        ODE: x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,
+        SDE: x_s = (sigma_s / sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) D + sigma_s sqrt(1 - e^{-2h}) z,
     with D = x0_t at the first step and D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev after it, r = h_prev / h.
-    The last step goes to sigma = 0 (h = inf), where the update is x_s = x0_t.
+    The SDE's first-order step (D = x0_t) is exactly the DDPM posterior with variance beta_tilde, so
+    it is DDPM sampling with a second-order correction of the x0 term. The last step goes to
+    sigma = 0 (h = inf), where both updates are x_s = x0_t.
     """
     x = noise()
     h_prev, x0_prev = 0.0, None
@@ -293,7 +298,12 @@ def dpm_solver_pp_2m_steps(
             else:
                 r = h_prev / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            x = math.sqrt((1 - ab_s) / (1 - ab_t)) * x - math.sqrt(ab_s) * math.expm1(-h) * d
+            sigma_ratio = math.sqrt((1 - ab_s) / (1 - ab_t))
+            if stochastic:
+                x = (sigma_ratio * math.exp(-h)) * x - math.sqrt(ab_s) * math.expm1(-2 * h) * d
+                x = x + math.sqrt((1 - ab_s) * -math.expm1(-2 * h)) * noise()
+            else:
+                x = sigma_ratio * x - math.sqrt(ab_s) * math.expm1(-h) * d
             h_prev, x0_prev = h, x0
         yield ReverseStep(i, t, x, x0)
 
@@ -326,7 +336,7 @@ def reverse_process(
         return ddpm_steps(denoise, alpha_bar, timesteps, noise, ddpm_variance)
     if sampler == "ddim":
         return ddim_steps(denoise, alpha_bar, timesteps, noise, eta)
-    return dpm_solver_pp_2m_steps(denoise, alpha_bar, timesteps, noise)
+    return dpm_solver_pp_2m_steps(denoise, alpha_bar, timesteps, noise, stochastic=sampler == "dpm++sde")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -56,6 +56,7 @@ class NoiseSchedule:
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         objective: Objective = "eps",
+        min_snr_gamma: float = 0.0,
     ) -> None:
         if schedule == "linear":
             betas = linear_betas(timesteps, beta_start, beta_end)
@@ -65,14 +66,19 @@ class NoiseSchedule:
             raise ValueError(f"unknown schedule {schedule!r}: expected 'linear' or 'cosine'")
         if objective not in ("eps", "x0", "v"):
             raise ValueError(f"unknown objective {objective!r}: expected 'eps', 'x0' or 'v'")
+        if min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be >= 0 (0: off), got {min_snr_gamma}")
         self.timesteps = timesteps
         self.objective = objective
+        self.min_snr_gamma = min_snr_gamma
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alpha_bar = torch.cumprod(self.alphas, dim=0)
         self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
         self.sqrt_alpha_bar = self.alpha_bar.sqrt()
         self.sqrt_one_minus_alpha_bar = (1.0 - self.alpha_bar).sqrt()
+        self.snr = self.alpha_bar / (1.0 - self.alpha_bar)  # signal-to-noise ratio of x_t (Kingma et al. 2021 eq. 1)
+        self.loss_weight = self._loss_weights()
         # Ho et al. eq. 7: beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t.
         self.posterior_variance = betas * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
         self.posterior_log_variance = torch.log(
@@ -94,7 +100,17 @@ class NoiseSchedule:
     @classmethod
     def from_config(cls, cfg) -> NoiseSchedule:
         """Build from a :class:`diffusion.config.DiffusionConfig`."""
-        return cls(cfg.timesteps, cfg.schedule, cfg.beta_start, cfg.beta_end, cfg.objective)
+        return cls(cfg.timesteps, cfg.schedule, cfg.beta_start, cfg.beta_end, cfg.objective, cfg.min_snr_gamma)
+
+    def _loss_weights(self) -> torch.Tensor:
+        """Per-timestep weights of the squared error: 1, or with gamma > 0 Hang et al. 2023's
+        min-SNR-gamma weighting (their eq. 10, w_t = min(SNR_t, gamma) on the x0 error) expressed
+        for this objective's target: divided by SNR_t for eps (||eps err||^2 = SNR ||x0 err||^2)
+        and by SNR_t + 1 for v (||v err||^2 = (SNR + 1) ||x0 err||^2)."""
+        if self.min_snr_gamma == 0:
+            return torch.ones_like(self.snr)
+        clipped = self.snr.clamp(max=self.min_snr_gamma)
+        return {"eps": clipped / self.snr, "x0": clipped, "v": clipped / (self.snr + 1)}[self.objective]
 
     # Forward process ------------------------------------------------------------------------
 
@@ -149,7 +165,8 @@ class NoiseSchedule:
         noise: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean-squared error of the network's prediction of the objective's target.
+        """Mean-squared error of the network's prediction of the objective's target, each sample's
+        error weighted by ``loss_weight[t]`` (all 1 unless min-SNR-gamma is on).
 
         ``eps``: L_simple, Ho et al. eq. 14; ``x0``: the clean image; ``v``: Salimans & Ho's v.
         ``labels`` (a conditional model's, some already dropped to the null token) go to the network.
@@ -166,4 +183,7 @@ class NoiseSchedule:
         else:
             target = self.v_target(x0, t, noise)
         prediction = model(xt, t) if labels is None else model(xt, t, labels)
-        return F.mse_loss(prediction.float(), target.float())
+        if self.min_snr_gamma == 0:
+            return F.mse_loss(prediction.float(), target.float())
+        error = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+        return (gather(self.loss_weight, t, error).float() * error).mean()

@@ -8,7 +8,8 @@ One optimizer step (Ho et al. Algorithm 1, with the DDPM recipe of their appendi
 * gradient all-reduce across processes (DistributedDataParallel), clipping of the global
   gradient norm to ``train.grad_clip``;
 * AdamW at ``lr_n = train.lr * min(1, n / train.warmup_steps)`` for the n-th step (n = 1, 2, ...),
-  constant after the warmup as in Ho et al.;
+  constant after the warmup as in Ho et al., or decayed to 0 over the run's last part
+  (``train.lr_decay``, :func:`learning_rate`);
 * every ``train.ema_every`` steps an EMA update (:mod:`diffusion.ema`).
 
 The run folder ``<log.root>/<log.run_name>/`` holds ``config.yaml`` (the resolved config),
@@ -80,10 +81,20 @@ def train(cfg: Config, resume: str | Path | bool | None = None) -> Path:
 
 
 def learning_rate(step: int, train_cfg: TrainConfig) -> float:
-    """The learning rate of the ``step``-th optimizer step (1-based): linear warmup, then constant."""
-    if train_cfg.warmup_steps == 0:
-        return train_cfg.lr
-    return train_cfg.lr * min(1.0, step / train_cfg.warmup_steps)
+    """The learning rate of the ``step``-th optimizer step (1-based): ``lr * warmup * decay``.
+
+    warmup = min(1, n / warmup_steps) (Goyal et al. 2017); decay is 1 until n0 = lr_decay_start *
+    steps and then, with p = (n - 1 - n0) / (steps - n0) in [0, 1), falls to 0 as 1 - p (``linear``)
+    or (1 + cos(pi p)) / 2 (``cosine``, Loshchilov & Hutter 2017 eq. 5 without restarts), so the
+    last step still learns; ``none`` keeps the rate constant as in Ho et al.
+    """
+    warmup = 1.0 if train_cfg.warmup_steps == 0 else min(1.0, step / train_cfg.warmup_steps)
+    start = train_cfg.lr_decay_start * train_cfg.steps
+    if train_cfg.lr_decay == "none" or step - 1 <= start:
+        return train_cfg.lr * warmup
+    p = min(1.0, (step - 1 - start) / (train_cfg.steps - start))
+    decay = 1.0 - p if train_cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+    return train_cfg.lr * warmup * decay
 
 
 def is_run_folder(folder: Path) -> bool:

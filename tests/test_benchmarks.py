@@ -23,6 +23,7 @@ from attention import SpatialSelfAttention
 from benchmarks import (
     bench_allocator,
     bench_data,
+    bench_import,
     bench_models,
     bench_sampling,
     cpu_bf16,
@@ -353,6 +354,23 @@ def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys):
     assert (tmp_path / "Data" / "cache" / "digits16_classifier_seed0.pt").is_file()
 
 
+def test_digits_quality_real_subsets_average_the_floor_over_disjoint_sets(monkeypatch, capsys):
+    torch.manual_seed(0)
+    real = torch.rand(30, 1, 16, 16) * 2 - 1
+    monkeypatch.setattr(digits_quality, "trained_classifier", lambda root: digits_quality.DigitClassifier().eval())
+    monkeypatch.setattr(digits_quality, "digits_data", lambda root: (real, None))
+    assert digits_quality.main(["--real-subsets", "3", "--num-samples", "10"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("real vs real (3 disjoint sets of 10 training images): FID ")
+    assert len(line.split("FID ")[1].split(", mean")[0].split()) == 3
+    fids = digits_quality.real_floor(digits_quality.DigitClassifier().eval(), real, 10, 3, seed=1)
+    assert len(set(fids)) == 3  # three different subsets
+    with pytest.raises(UserError, match="--real-subsets: 4 disjoint sets of 10 need 40 images, the digits have 30"):
+        digits_quality.main(["--real-subsets", "4", "--num-samples", "10"])
+    with pytest.raises(UserError, match="--real-subsets: expected a positive integer, got 0"):
+        digits_quality.main(["--real-subsets", "0"])
+
+
 def test_digits_quality_refuses_other_models(repo_root, tmp_path):
     run = digits_run(repo_root, tmp_path, "data.image_size=8", "model.image_size=8")
     with pytest.raises(UserError, match="not a 16x16 digits model"):
@@ -389,17 +407,6 @@ def test_emulated_bf16_kernels_round_like_bf16_autocast():
     assert all(torch.equal(a, b) for a, b in zip(run(True, autocast=False), fp32, strict=True))
 
 
-def test_cpu_bf16_detection_follows_the_instruction_set(monkeypatch):
-    """x86: AVX-512 BF16 or AMX; other architectures: what oneDNN reports."""
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
-        assert cpu_bf16.cpu_has_bf16() is expected
-    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    assert cpu_bf16.cpu_has_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def test_bf16_check_flags_choose_the_kernels(monkeypatch, tmp_path, capsys):
     emulated = []
     monkeypatch.setattr(cpu_bf16, "train_run", lambda p, s, steps, out, emulate, root: emulated.append(emulate) or tmp_path)
@@ -430,3 +437,18 @@ def test_bf16_check_trains_both_precisions_and_scores_them(repo_root, tmp_path, 
               if line.startswith(("| fp32 | 0 |", "| bf16 | 0 |"))]
     assert scores == [["fp32", "0", "fp32"], ["fp32", "0", "bf16"], ["bf16", "0", "bf16"], ["bf16", "0", "fp32"]]
     assert yaml.safe_load((folder / "bf16-seed0" / "config.yaml").read_text())["train"]["precision"] == "bf16"
+
+
+@needs_diffusers
+@pytest.mark.slow
+def test_import_benchmark_prints_differences_and_timings(monkeypatch, capsys):
+    """At the reduced widths of the import tests; the benchmark's own layouts are full width."""
+    from test_pretrained import LAYOUTS
+
+    monkeypatch.setattr(bench_import, "LAYOUTS", LAYOUTS)
+    monkeypatch.setenv("DDPM_CACHE", "")  # restored after the benchmark sets its own
+    bench_import.main(["--repeats", "1", "--calls", "1", "--batch-size", "1"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in out.splitlines() if line.startswith("| cifar10") or line.startswith("| 256px")}
+    assert set(rows) == {"cifar10", "256px"} and all(float(diff) <= 1e-4 for diff in rows.values())
+    assert "| imported (tf_same padding) |" in out and "| native (symmetric padding) |" in out

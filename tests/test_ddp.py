@@ -66,7 +66,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(driver), config, str(tmp_path), *overrides],
-        cwd=ROOT, env={**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{ROOT / 'tests'}"},
+        cwd=ROOT, env={**env, "PYTHONPATH": os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT / "tests")]))},
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr

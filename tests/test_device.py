@@ -11,10 +11,12 @@ import pytest
 import torch
 from conftest import subprocess_env
 
+import diffusion.device
 from diffusion.device import (
     PRECISIONS,
     autocast_dtype,
     compile_network,
+    cpu_has_bf16,
     precision_name,
     resolve_device,
     tune_host_allocator,
@@ -68,6 +70,26 @@ def test_autocast_dtypes_and_their_names(two_gpus):
     assert [precision_name(autocast_dtype(p, cpu)) for p in PRECISIONS] == ["fp32", "fp32", "bf16", "fp16"]
     with pytest.raises(UserError, match=r"^--precision: expected one of auto, fp32, bf16, fp16, got 'fp8'$"):
         autocast_dtype("fp8", cpu, "--precision")
+
+
+def test_cpu_bf16_detection_follows_the_instruction_set(monkeypatch):
+    """x86: AVX-512 BF16 or AMX; other architectures: what oneDNN reports."""
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert cpu_has_bf16() is expected
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert cpu_has_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_samples_in_bf16_on_cpus_with_native_bf16_and_trains_in_fp32(native, monkeypatch):
+    monkeypatch.setattr(diffusion.device, "cpu_has_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu, sampling=True) == (torch.bfloat16 if native else None)
+    assert autocast_dtype("auto", cpu) is None  # training
+    assert autocast_dtype("fp32", cpu, sampling=True) is None  # an explicit precision wins
 
 
 MALLINFO2 = (  # glibc >= 2.33: struct mallinfo2 has ten size_t fields; hblkhd is the 5th

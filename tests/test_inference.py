@@ -18,12 +18,14 @@ import pytest
 import torch
 from conftest import ROOT, RandomConvFeatures, subprocess_env, write_random_inception_weights
 
+import diffusion.device
 import diffusion.fid
 import diffusion.generate
 import inference
 from diffusion.checkpoint import save_checkpoint
 from diffusion.config import from_dict
 from diffusion.data import prepare_dataset
+from diffusion.device import cpu_has_bf16
 from diffusion.errors import run_cli
 from diffusion.generate import load_model
 from diffusion.samplers import uses_channels_last
@@ -111,7 +113,8 @@ def test_cli_writes_grid_images_animation_and_log(tiny_run):
 
     record = json.loads((out / "samples.json").read_text())
     assert record["checkpoint"] == str(checkpoint_of(tiny_run)) and record["step"] == 30
-    assert record["weights"] == "ema" and record["precision"] == "fp32" and record["device"] == "cpu"
+    native = "bf16" if cpu_has_bf16() else "fp32"  # the config's precision auto, on this CPU
+    assert record["weights"] == "ema" and record["precision"] == native and record["device"] == "cpu"
     assert (record["sampler"], record["steps"], record["eta"], record["seed"]) == ("ddpm", 40, 0.0, 0)
     assert (record["num_samples"], record["batch_size"], record["frames"], record["fps"]) == (6, 4, 5, 4)
     assert 0 < record["sampling_seconds"] <= record["wall_seconds"]
@@ -150,6 +153,19 @@ def test_flags_override_the_config(tiny_run, tmp_path, monkeypatch):
     ((options, dtype),) = used  # what the sampler ran with, not only what samples.json says
     assert (options.sampler, options.steps, options.eta, options.num_samples, options.batch_size) == ("ddim", 10, 0.5, 3, 2)
     assert dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_samples_in_bf16_only_on_cpus_with_native_bf16(native, expected, tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(diffusion.device, "cpu_has_bf16", lambda: native)
+    autocasts = []
+    real_generate = diffusion.generate.generate_from
+    monkeypatch.setattr(diffusion.generate, "generate_from",
+                        lambda *a, **kw: autocasts.append(kw["autocast_dtype"]) or real_generate(*a, **kw))
+    record = sample(tiny_run, tmp_path / "out", "--video", "none", "--num-samples", "2")
+    assert record["precision"] == expected
+    assert autocasts == [torch.bfloat16 if native else None]
+    assert sample(tiny_run, tmp_path / "fp32", "--video", "none", "--num-samples", "2", "--precision", "fp32")["precision"] == "fp32"
 
 
 def test_threads_flag_sets_the_torch_threads(tiny_run, tmp_path):

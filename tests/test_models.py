@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from conftest import randomize_
 
 from attention import SpatialSelfAttention
+from diffusion.config import from_dict as load_config_dict
 from diffusion.config import load_config
 from models import UNet, broadcast_nearest_2x, sinusoidal_embedding, upsample_nearest_2x
 
@@ -142,3 +144,31 @@ def test_broadcast_upsampling_is_nearest_neighbour_with_the_same_gradient():
     (grad,) = torch.autograd.grad((broadcast * weights).sum(), x)
     (eager_grad,) = torch.autograd.grad((eager * weights).sum(), x)
     torch.testing.assert_close(grad, eager_grad)
+
+
+def test_tf_same_downsampling_pads_right_and_bottom_only():
+    """TensorFlow 'SAME' at stride 2 on an even size: output (i, j) is the 3x3 window at input
+    (2i, 2j), zeros past the right and bottom edges; symmetric padding centres it on (2i, 2j)."""
+    down = randomize_(UNet(**TINY, downsample_padding="tf_same")).down[1]
+    x = torch.randn(2, 16, 8, 8)
+    w, b = down.conv.weight, down.conv.bias
+    padded = torch.zeros(2, 16, 9, 9)
+    padded[:, :, :8, :8] = x
+    expected = torch.stack([
+        torch.stack([torch.einsum("bchw,ochw->bo", padded[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3], w) + b for j in range(4)], -1)
+        for i in range(4)
+    ], -2)
+    torch.testing.assert_close(down(x, None), expected)
+    symmetric = UNet(**TINY).down[1]
+    symmetric.load_state_dict(down.state_dict())
+    assert (symmetric(x, None) - expected).abs().max() > 1e-2
+
+
+def test_checkpoints_without_downsample_padding_keep_their_outputs():
+    """Configs written before model.downsample_padding existed load as 'symmetric', the old behaviour."""
+    cfg = load_config_dict({"data": {"image_size": 8}, "model": TINY})
+    assert cfg.model.downsample_padding == "symmetric"
+    old, new = randomize_(UNet(**TINY)), UNet(**dataclasses.asdict(cfg.model))
+    new.load_state_dict(old.state_dict())
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 500])
+    assert torch.equal(old.eval()(x, t), new.eval()(x, t))

@@ -71,13 +71,14 @@ def final(steps) -> torch.Tensor:
 # from N(0, I) rather than N(a_T mu, 1 - a_T^2) (the small mean offset of the ODE samplers):
 #   ddpm 1000 beta: std 1.0015 s; beta_tilde: 0.9922 s (beta over-, beta_tilde under-disperses);
 #   ddim 50 eta 0: std 0.9668 s, mean mu - 0.0009; eta 1: std 0.9326 s;
-#   dpm++ 20: std 1.0231 s, mean mu - 0.0010.
+#   dpm++ 20: std 1.0231 s, mean mu - 0.0010; dpm++sde 20: std 1.0749 s (25 steps: 1.0451 s).
 CASES = {
     "ddpm-1000-beta": (("ddpm", 1000, 0.0, "beta"), (0.0005, 0.005)),
     "ddpm-1000-beta_tilde": (("ddpm", 1000, 0.0, "beta_tilde"), (0.0005, 0.010)),
     "ddim-50-eta0": (("ddim", 50, 0.0, "beta"), (0.0015, 0.040)),
     "ddim-50-eta1": (("ddim", 50, 1.0, "beta"), (0.0005, 0.075)),
     "dpm++-20": (("dpm++", 20, 0.0, "beta"), (0.0015, 0.030)),
+    "dpm++sde-20": (("dpm++sde", 20, 0.0, "beta"), (0.0005, 0.080)),
 }
 
 
@@ -124,7 +125,8 @@ def test_gaussian_data_is_recovered(name):
     assert abs(x.std().item() - S) <= std_tol * S + 4.5 * S / math.sqrt(2 * n)
 
 
-@pytest.mark.parametrize("case", [("ddpm", 50, 0.0, "beta_tilde"), ("ddim", 20, 0.5, "beta"), ("dpm++", 15, 0.0, "beta")])
+@pytest.mark.parametrize("case", [("ddpm", 50, 0.0, "beta_tilde"), ("ddim", 20, 0.5, "beta"), ("dpm++", 15, 0.0, "beta"),
+                                  ("dpm++sde", 15, 0.0, "beta")])
 def test_objectives_eps_x0_v_give_the_same_samples(case):
     """The exact eps-, x0- and v-networks are one predictor in three parameterisations, so
     ``predict_x0_eps`` must make every sampler produce the same samples from the same noise."""
@@ -199,10 +201,45 @@ def test_dpm_solver_pp_matches_diffusers():
     torch.testing.assert_close(ours, x, atol=1e-5, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_dpm_solver_pp_sde_matches_diffusers():
+    """An independent implementation of SDE-DPM-Solver++(2M), fed the same noise draws."""
+    diffusers = pytest.importorskip("diffusers")
+    schedule = NoiseSchedule(1000)
+    model = GaussianOracle(schedule)
+    draws = torch.randn(21, 64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    supply = iter(draws)
+    ours = run_case(model, schedule, ("dpm++sde", 20, 0.0, "beta"), lambda: next(supply).clone())
+    reference = diffusers.DPMSolverMultistepScheduler(
+        beta_schedule="linear", algorithm_type="sde-dpmsolver++", solver_order=2, final_sigmas_type="zero"
+    )
+    reference.set_timesteps(timesteps=timestep_sequence(1000, 20))
+    x = draws[0].clone()
+    for k, t in enumerate(reference.timesteps):  # the last step multiplies its noise by sigma = 0
+        z = draws[k + 1] if k + 1 < len(draws) else torch.zeros_like(x)
+        x = reference.step(model(x, torch.full((64,), int(t))), t, x, variance_noise=z).prev_sample
+    torch.testing.assert_close(ours, x, atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_dpm_solver_pp_sde_first_order_step_is_ddpm_with_beta_tilde(steps):
+    """Without history (its first step) the SDE solver is the DDPM posterior with beta_tilde, so with
+    2 steps (one stochastic step, then the jump to x0) the samplers agree; from 3 steps on the
+    second-order correction makes them differ."""
+    schedule = NoiseSchedule(1000)
+    model = GaussianOracle(schedule)
+    sde = run_case(model, schedule, ("dpm++sde", steps, 0.0, "beta"), batch_noise((32, 1, 4, 4)))
+    ddpm = run_case(model, schedule, ("ddpm", steps, 0.0, "beta_tilde"), batch_noise((32, 1, 4, 4)))
+    if steps == 2:
+        torch.testing.assert_close(sde, ddpm, atol=1e-5, rtol=0)
+    else:
+        assert (sde - ddpm).abs().max() > 1e-3
+
+
 def test_clipping_keeps_every_predicted_x0_and_the_result_in_range():
     schedule = NoiseSchedule(1000)
     model = GaussianOracle(schedule, mu=0.8, s=0.6)  # a third of the data lies above 1
-    for sampler in ("ddpm", "ddim", "dpm++"):
+    for sampler in ("ddpm", "ddim", "dpm++", "dpm++sde"):
         steps = list(reverse_process(model, schedule, batch_noise((256, 1, 4, 4)), sampler=sampler, steps=20))
         assert all(step.x0.abs().max() <= 1 for step in steps)
         assert steps[-1].x.abs().max() <= 1 and steps[-1].x.max() == 1  # clipping was active

@@ -128,6 +128,42 @@ def test_training_loss_is_zero_for_the_exact_target_only(objective):
             assert loss.item() > 1e-2
 
 
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_min_snr_gamma_weights_the_x0_error_by_min_snr_gamma(objective):
+    """Hang et al. eq. 10: whatever the objective, a network whose implied x0 is off by delta has
+    loss mean_i min(SNR_i, gamma) mean(delta_i^2); without the weighting each objective scales
+    the x0 error differently (eps: SNR, x0: 1, v: SNR + 1)."""
+    g = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=g), torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=g)
+    delta = 0.1 * torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=g)
+    t = torch.tensor([0, 5, 50, 200, 400, 600, 800, 999])
+    for gamma in (5.0, 0.5):
+        s = NoiseSchedule(1000, "cosine", objective=objective, min_snr_gamma=gamma)
+        xt = s.q_sample(x0, t, noise)
+        eps_hat = s.eps_from_x0(xt, t, x0 + delta)
+        output = {"eps": eps_hat, "x0": x0 + delta, "v": s.v_target(x0 + delta, t, eps_hat)}[objective]
+        loss = s.training_loss(lambda xt_, tt, output=output: output, x0, t, noise)
+        snr = s.alpha_bar[t] / (1 - s.alpha_bar[t])
+        expected = (snr.clamp(max=gamma) * delta.pow(2).flatten(1).mean(1)).mean()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert snr.min() < 0.5 and snr.max() > 5  # both sides of both clips are exercised
+
+
+def test_min_snr_gamma_zero_is_plain_mse_and_comes_from_the_config():
+    from diffusion.config import DiffusionConfig
+
+    s = NoiseSchedule.from_config(DiffusionConfig(min_snr_gamma=5.0))
+    assert s.min_snr_gamma == 5.0 and s.loss_weight.max() < 1.0 + 1e-12
+    off = NoiseSchedule.from_config(DiffusionConfig())
+    g = torch.Generator().manual_seed(4)
+    x0, noise, out = (torch.randn(4, 1, 4, 4, generator=g) for _ in range(3))
+    t = torch.tensor([1, 10, 100, 900])
+    assert off.training_loss(lambda xt, tt: out, x0, t, noise) == torch.nn.functional.mse_loss(out, noise)
+    assert s.training_loss(lambda xt, tt: out, x0, t, noise) < off.training_loss(lambda xt, tt: out, x0, t, noise)
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        NoiseSchedule(10, min_snr_gamma=-1)
+
+
 def test_training_loss_samples_t_uniformly_over_all_steps():
     s = NoiseSchedule(10)
     t = s.sample_timesteps(20_000, "cpu", torch.Generator().manual_seed(0))

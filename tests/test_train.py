@@ -106,6 +106,27 @@ def test_learning_rate_warms_up_linearly_then_stays():
     assert learning_rate(1, cfg) == 1e-3
 
 
+def test_learning_rate_decays_to_zero_over_the_last_part_of_the_run():
+    def rates(decay: str, start: float, warmup: int = 0) -> list[float]:
+        cfg = load_config(DIGITS, ["train.lr=2", "train.steps=10", f"train.warmup_steps={warmup}",
+                                   f"train.lr_decay={decay}", f"train.lr_decay_start={start}"]).train
+        return [learning_rate(n, cfg) for n in range(1, 11)]
+
+    # start 0.5 of 10 steps: constant through step 6, then p = (n - 1 - 5) / 5 = 0.2, 0.4, 0.6, 0.8.
+    assert rates("linear", 0.5) == pytest.approx([2, 2, 2, 2, 2, 2, 1.6, 1.2, 0.8, 0.4])
+    cosine = [2 * 0.5 * (1 + math.cos(math.pi * p)) for p in (0.2, 0.4, 0.6, 0.8)]
+    assert rates("cosine", 0.5) == pytest.approx([2] * 6 + cosine)
+    # warmup and decay multiply: step 2 of a 4-step warmup, p = 1/10 of a decay starting at once.
+    assert rates("linear", 0.0, warmup=4)[:2] == pytest.approx([2 * 0.25 * 1.0, 2 * 0.5 * 0.9])
+    assert rates("none", 0.5) == pytest.approx([2] * 10)
+
+
+def test_lr_decay_reaches_the_optimizer(tmp_path):
+    run = train(tiny(tmp_path, "train.steps=4", "train.warmup_steps=0", "train.lr=1e-3", "log.log_every=1",
+                     "train.lr_decay=linear", "train.lr_decay_start=0.5"))
+    assert [lr for _, lr in scalars(run, "train/lr")] == pytest.approx([1e-3, 1e-3, 1e-3, 0.5e-3])
+
+
 # End-to-end runs ---------------------------------------------------------------------------
 
 
