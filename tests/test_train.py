@@ -167,8 +167,9 @@ def test_cli_folder_run_skips_a_corrupt_image(tmp_path):
     run = tmp_path / "Models" / "faces"
     assert (run / "checkpoints" / "step_0000002.pt").is_file() and (run / "config.yaml").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    (cache,) = (folder / "cache").glob("folder-centercrop-8px-*.npy")
+    (cache,) = [p for p in (folder / "cache").glob("folder-centercrop-8px-*.npy") if not p.stem.endswith("-kept")]
     assert np.load(cache).shape == (6, 8, 8, 3)
+    assert len(np.load(cache.with_name(f"{cache.stem}-kept.npy"))) == 6  # which files the images came from
 
 
 def test_checkpoint_contents_rotation_and_hyperparameters(tmp_path):
