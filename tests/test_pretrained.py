@@ -395,7 +395,9 @@ def test_hub_ids_resolve_in_an_offline_cache(pipelines, tmp_path, monkeypatch, c
         loaded = load_model(spec)
         assert loaded.source == f"google/ddpm-cifar10-32@{commit}" and loaded.name == "google--ddpm-cifar10-32"
         torch.testing.assert_close(loaded.model.state_dict(), folder.model.state_dict(), rtol=0, atol=0)
-    assert default_out_dir(loaded).parent == Path("Models") / "google--ddpm-cifar10-32" / "samples"
+    monkeypatch.chdir(tmp_path)  # default_out_dir makes its folder under the relative log.root
+    out = default_out_dir(loaded)
+    assert out.parent == Path("Models") / "google--ddpm-cifar10-32" / "samples" and (tmp_path / out).is_dir()
     err = fails(["--checkpoint", "google/ddpm-nowhere-32", "--out", str(tmp_path / "out")], capsys)
     assert err.startswith("error: google/ddpm-nowhere-32: no such file or folder")
     assert "HF_HUB_OFFLINE=1" in err and "hf download google/ddpm-nowhere-32" in err
