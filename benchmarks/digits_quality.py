@@ -7,8 +7,11 @@ Data/cache/) a small CNN classifier on the bundled digits and measures, over N s
 * the predicted-class histogram (all ten digits should appear, about 10% each);
 * the share of samples the classifier labels with >= 90% confidence (legible digits).
 
+A class-conditional model samples labels drawn from the training labels (so the samples follow
+the data's class mix, as FID expects) at the checkpoint's ``sample.guidance_scale``.
+
     python benchmarks/digits_quality.py --checkpoint Models/<run> [--samplers ddpm ddim:50 dpm++:20]
-                                        [--num-samples 500] [--real-subsets 3]
+                                        [--num-samples 500] [--real-subsets 3] [--threads N]
 
 The floor is the FID of real images: with ``--real-subsets K`` it is averaged over K disjoint
 random sets of ``--num-samples`` training images; without ``--checkpoint`` only it is printed.
@@ -16,7 +19,6 @@ random sets of ``--num-samples`` training images; without ``--checkpoint`` only 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -26,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.cli import Parser, add_threads_flag, positive_int, set_threads
+from diffusion.conditioning import data_distribution
 from diffusion.config import SampleConfig
 from diffusion.data import prepare_dataset
 from diffusion.errors import UserError, run_cli
@@ -146,18 +150,18 @@ def real_floor(classifier: DigitClassifier, real: torch.Tensor, size: int, subse
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="checkpoint file or run folder (without it: only the real-data floor)")
     parser.add_argument("--samplers", nargs="+", default=["default", "ddim:50"],
                         help="sampler[:steps] list; 'default' uses the checkpoint's sample section")
-    parser.add_argument("--num-samples", type=int, default=500)
+    parser.add_argument("--num-samples", type=positive_int, default=500)
     parser.add_argument("--seed", type=int, default=1, help="seed of the samples and of the real-vs-real subsets")
-    parser.add_argument("--real-subsets", type=int, default=1,
+    parser.add_argument("--real-subsets", type=positive_int, default=1,
                         help="average the real-data floor over this many disjoint real subsets of --num-samples images")
     parser.add_argument("--root", default="Data", help="data root: the digits cache and the classifier live under it")
+    add_threads_flag(parser)
     args = parser.parse_args(argv)
-    if args.real_subsets < 1:
-        raise UserError(f"--real-subsets: expected a positive integer, got {args.real_subsets}")
+    set_threads(args.threads)
 
     loaded = load_model(args.checkpoint) if args.checkpoint else None
     if loaded is not None:
@@ -167,18 +171,21 @@ def main(argv: list[str] | None = None) -> int:
                             f"{cfg.model.in_channels} channel(s) at {cfg.model.image_size}x{cfg.model.image_size})")
         options = [sampler_options(spec, cfg.sample, args.num_samples, args.seed) for spec in args.samplers]
     classifier = trained_classifier(args.root)
-    real, _ = digits_data(args.root)
+    real, real_labels = digits_data(args.root)
     floor = real_floor(classifier, real, args.num_samples, args.real_subsets, args.seed)
     print(f"real vs real ({args.real_subsets} disjoint sets of {args.num_samples} training images): FID "
           f"{' '.join(f'{f:.2f}' for f in floor)}, mean {sum(floor) / len(floor):.2f}")
     if loaded is None:
         return 0
     print(f"checkpoint {loaded.path} at step {loaded.step}")
+    labels = data_distribution(real_labels.numpy(), args.num_samples, args.seed) if loaded.model.num_classes else None
+    if labels is not None:
+        print(f"class-conditional: labels drawn from the training data, guidance scale {cfg.sample.guidance_scale}")
     print("| sampler | steps | FID (classifier) | min class % | max class % | confident % | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for option in options:
         start = time.perf_counter()
-        samples = generate_from(loaded.model, loaded.schedule, option)
+        samples = generate_from(loaded.model, loaded.schedule, option, labels=labels)
         seconds = time.perf_counter() - start
         q = quality(classifier, samples, real)
         print(f"| {option.sampler} | {option.steps} | {q['fid']:.2f} | {100 * q['min_class_share']:.1f} | "

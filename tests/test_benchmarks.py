@@ -32,7 +32,7 @@ from benchmarks import (
 )
 from diffusion.config import from_dict, load_config
 from diffusion.errors import UserError
-from diffusion.samplers import uses_channels_last
+from diffusion.samplers import generate_from, uses_channels_last
 from diffusion.schedule import NoiseSchedule
 from diffusion.trainer import train
 from models import UNet
@@ -354,12 +354,34 @@ def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys):
     assert (tmp_path / "Data" / "cache" / "digits16_classifier_seed0.pt").is_file()
 
 
+@pytest.mark.slow
+def test_digits_quality_samples_a_class_model_in_the_data_class_mix(repo_root, tmp_path, capsys, monkeypatch):
+    run = digits_run(repo_root, tmp_path, "model.num_classes=10", "sample.guidance_scale=2")
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["labels"])
+        return generate_from(*args, **kwargs)
+
+    monkeypatch.setattr(digits_quality, "generate_from", spy)
+    assert digits_quality.main(["--checkpoint", str(run), "--samplers", "ddim:2", "--num-samples", "200",
+                                "--root", str(tmp_path / "Data")]) == 0
+    assert "class-conditional: labels drawn from the training data, guidance scale 2.0" in capsys.readouterr().out
+    counts = torch.bincount(asked[0], minlength=10)
+    assert len(asked[0]) == 200 and counts.min() >= 8 and counts.max() <= 35  # about 20 per digit, as in the data
+
+
 def test_digits_quality_real_subsets_average_the_floor_over_disjoint_sets(monkeypatch, capsys):
     torch.manual_seed(0)
     real = torch.rand(30, 1, 16, 16) * 2 - 1
     monkeypatch.setattr(digits_quality, "trained_classifier", lambda root: digits_quality.DigitClassifier().eval())
     monkeypatch.setattr(digits_quality, "digits_data", lambda root: (real, None))
-    assert digits_quality.main(["--real-subsets", "3", "--num-samples", "10"]) == 0
+    before = torch.get_num_threads()
+    try:
+        assert digits_quality.main(["--real-subsets", "3", "--num-samples", "10", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     line = capsys.readouterr().out.strip()
     assert line.startswith("real vs real (3 disjoint sets of 10 training images): FID ")
     assert len(line.split("FID ")[1].split(", mean")[0].split()) == 3
