@@ -351,7 +351,7 @@ def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys):
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| d")]
     assert [(r[0], r[1]) for r in rows] == [("| ddim", "3"), ("| ddim", "2"), ("| dpm++", "2")]
     assert all(float(r[2]) >= 0 for r in rows)  # an FID per sampler
-    assert (tmp_path / "Data" / "cache" / "digits16_classifier_seed0.pt").is_file()
+    assert (tmp_path / "Data" / "cache" / "digits16_classifier_seed0_epochs30.pt").is_file()
 
 
 @pytest.mark.slow
@@ -369,6 +369,25 @@ def test_digits_quality_samples_a_class_model_in_the_data_class_mix(repo_root, t
     assert "class-conditional: labels drawn from the training data, guidance scale 2.0" in capsys.readouterr().out
     counts = torch.bincount(asked[0], minlength=10)
     assert len(asked[0]) == 200 and counts.min() >= 8 and counts.max() <= 35  # about 20 per digit, as in the data
+
+
+def test_the_digit_classifier_depends_only_on_its_seed(tmp_path):
+    """Its features set the FID scale, so it must depend neither on the global RNG's state nor on
+    the thread count."""
+    first = digits_quality.trained_classifier(str(tmp_path / "a"), seed=3, epochs=1)
+    torch.rand(7)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # another thread count
+    try:
+        second = digits_quality.trained_classifier(str(tmp_path / "b"), seed=3, epochs=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    other = digits_quality.trained_classifier(str(tmp_path / "c"), seed=4, epochs=1)
+    for name, weight in first.state_dict().items():
+        assert torch.equal(weight, second.state_dict()[name]), name
+    assert not torch.equal(first.head.weight, other.head.weight)
+    assert (tmp_path / "a" / "cache" / "digits16_classifier_seed3_epochs1.pt").is_file()
 
 
 def test_digits_quality_real_subsets_average_the_floor_over_disjoint_sets(monkeypatch, capsys):
