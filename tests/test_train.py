@@ -28,8 +28,8 @@ from models import build_model
 from train import main
 
 DIGITS = str(ROOT / "Configs" / "digits.yaml")
-TINY = [  # an 8x8 U-Net with 8 base channels: a step takes milliseconds
-    "model.base_channels=8", "model.channel_mult=[1,2]", "model.norm_groups=4", "model.num_res_blocks=1",
+TINY = [  # an unconditional 8x8 U-Net with 8 base channels: a step takes milliseconds
+    "model.num_classes=0", "model.base_channels=8", "model.channel_mult=[1,2]", "model.norm_groups=4", "model.num_res_blocks=1",
     "model.attention_resolutions=[]", "data.image_size=8", "model.image_size=8",
     "train.batch_size=4", "train.warmup_steps=2", "train.device=cpu", "log.sample_every=0", "log.log_every=1",
 ]
