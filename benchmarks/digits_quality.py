@@ -11,7 +11,7 @@ A class-conditional model samples labels drawn from the training labels (so the 
 the data's class mix, as FID expects) at the checkpoint's ``sample.guidance_scale``.
 
     python benchmarks/digits_quality.py --checkpoint Models/<run> [--samplers ddpm ddim:50 dpm++:20]
-                                        [--num-samples 500] [--real-subsets 3] [--threads N]
+                                        [--num-samples 500] [--real-subsets 3] [--no-ema] [--threads N]
 
 The floor is the FID of real images: with ``--real-subsets K`` it is averaged over K disjoint
 random sets of ``--num-samples`` training images; without ``--checkpoint`` only it is printed.
@@ -170,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-subsets", type=positive_int, default=1,
                         help="average the real-data floor over this many disjoint real subsets of --num-samples images")
     parser.add_argument("--root", default="Data", help="data root: the digits cache and the classifier live under it")
+    parser.add_argument("--no-ema", action="store_true", help="score the raw weights instead of the EMA weights")
     add_threads_flag(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
 
-    loaded = load_model(args.checkpoint) if args.checkpoint else None
+    loaded = load_model(args.checkpoint, use_ema=not args.no_ema) if args.checkpoint else None
     if loaded is not None:
         cfg = loaded.config
         if cfg.data.source != "digits" or cfg.model.image_size != 16 or cfg.model.in_channels != 1:
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{' '.join(f'{f:.2f}' for f in floor)}, mean {sum(floor) / len(floor):.2f}")
     if loaded is None:
         return 0
-    print(f"checkpoint {loaded.path} at step {loaded.step}")
+    print(f"checkpoint {loaded.path} at step {loaded.step}, {'raw' if args.no_ema else 'EMA'} weights")
     labels = data_distribution(real_labels.numpy(), args.num_samples, args.seed) if loaded.model.num_classes else None
     if labels is not None:
         print(f"class-conditional: labels drawn from the training data, guidance scale {cfg.sample.guidance_scale}")

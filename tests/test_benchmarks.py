@@ -32,6 +32,7 @@ from benchmarks import (
 )
 from diffusion.config import from_dict, load_config
 from diffusion.errors import UserError
+from diffusion.generate import load_model
 from diffusion.samplers import generate_from, uses_channels_last
 from diffusion.schedule import NoiseSchedule
 from diffusion.trainer import train
@@ -341,7 +342,7 @@ def digits_run(repo_root, tmp_path, *overrides: str):
 
 
 @pytest.mark.slow
-def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys):
+def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys, monkeypatch):
     run = digits_run(repo_root, tmp_path, "sample.sampler=ddim", "sample.steps=3")
     with pytest.raises(UserError, match="--samplers: expected default or ddpm, ddim, dpm\\+\\+"):
         digits_quality.main(["--checkpoint", str(run), "--samplers", "euler"])
@@ -351,6 +352,12 @@ def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys):
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| d")]
     assert [(r[0], r[1]) for r in rows] == [("| ddim", "3"), ("| ddim", "2"), ("| dpm++", "2")]
     assert all(float(r[2]) >= 0 for r in rows)  # an FID per sampler
+    loads = []
+    monkeypatch.setattr(digits_quality, "load_model", lambda path, **kw: loads.append(kw) or load_model(path, **kw))
+    assert digits_quality.main(["--checkpoint", str(run), "--samplers", "default", "--num-samples", "12",
+                                "--root", str(tmp_path / "Data"), "--no-ema"]) == 0
+    assert loads == [{"use_ema": False}]
+    assert "at step 1, raw weights" in capsys.readouterr().out
     assert (tmp_path / "Data" / "cache" / "digits16_classifier_seed0_epochs30.pt").is_file()
 
 
