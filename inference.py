@@ -21,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-from diffusion.cli import Parser, add_device_flag, add_threads_flag, positive_int, set_threads
+from diffusion.cli import (
+    Parser,
+    add_device_flag,
+    add_ema_length_flag,
+    add_threads_flag,
+    check_ema_flags,
+    positive_int,
+    set_threads,
+)
 from diffusion.conditioning import data_conditions, sampling_conditions
 from diffusion.config import DATA_SOURCES
 from diffusion.device import PRECISIONS, resolve_device, tune_host_allocator
@@ -61,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default: sample.eta)")
     p.add_argument("--seed", type=int, help="seed; sample i always gets noise stream (seed, i) (default: sample.seed)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    add_ema_length_flag(p)
     add_device_flag(p)
     add_threads_flag(p)
     p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default: train.precision)")
@@ -108,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device, "--device")
     tune_host_allocator(device)
-    loaded = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
+    check_ema_flags(args.no_ema, args.ema_length)
+    loaded = load_model(args.checkpoint, use_ema=not args.no_ema, ema_length=args.ema_length, device=device)
     overrides = {
         "num_samples": args.num_samples, "batch_size": args.batch_size, "sampler": args.sampler,
         "steps": args.steps, "eta": args.eta, "seed": args.seed, "frames": args.frames, "fps": args.fps,

@@ -11,10 +11,13 @@ A class-conditional model samples labels drawn from the training labels (so the 
 the data's class mix, as FID expects) at the checkpoint's ``sample.guidance_scale``.
 
     python benchmarks/digits_quality.py --checkpoint Models/<run> [--samplers ddpm ddim:50 dpm++:20]
-                                        [--num-samples 500] [--real-subsets 3] [--no-ema] [--threads N]
+                                        [--num-samples 500] [--real-subsets 3] [--threads N]
+                                        [--no-ema | --ema-length none 0.05 0.1 0.2]
 
 The floor is the FID of real images: with ``--real-subsets K`` it is averaged over K disjoint
 random sets of ``--num-samples`` training images; without ``--checkpoint`` only it is printed.
+``--ema-length`` scores the post-hoc EMA of each listed width (a row each; 'none': the
+``train.ema_decay`` weights) of a run trained with ``train.posthoc_ema``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.cli import Parser, add_threads_flag, positive_int, set_threads
+from diffusion.cli import (
+    Parser,
+    add_ema_length_flag,
+    add_threads_flag,
+    check_ema_flags,
+    positive_int,
+    set_threads,
+)
 from diffusion.conditioning import data_distribution
 from diffusion.config import SampleConfig
 from diffusion.data import prepare_dataset
@@ -171,15 +181,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="average the real-data floor over this many disjoint real subsets of --num-samples images")
     parser.add_argument("--root", default="Data", help="data root: the digits cache and the classifier live under it")
     parser.add_argument("--no-ema", action="store_true", help="score the raw weights instead of the EMA weights")
+    add_ema_length_flag(parser, multiple=True)
     add_threads_flag(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    check_ema_flags(args.no_ema, args.ema_length)
 
-    loaded = load_model(args.checkpoint, use_ema=not args.no_ema) if args.checkpoint else None
-    if loaded is not None:
-        cfg = loaded.config
+    models = [load_model(args.checkpoint, use_ema=not args.no_ema, ema_length=length) for length in args.ema_length] \
+        if args.checkpoint else []
+    if models:
+        cfg = models[0].config
         if cfg.data.source != "digits" or cfg.model.image_size != 16 or cfg.model.in_channels != 1:
-            raise UserError(f"{loaded.path}: not a 16x16 digits model (data.source {cfg.data.source!r}, "
+            raise UserError(f"{models[0].path}: not a 16x16 digits model (data.source {cfg.data.source!r}, "
                             f"{cfg.model.in_channels} channel(s) at {cfg.model.image_size}x{cfg.model.image_size})")
         options = [sampler_options(spec, cfg.sample, args.num_samples, args.seed) for spec in args.samplers]
     classifier = trained_classifier(args.root)
@@ -187,21 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     floor = real_floor(classifier, real, args.num_samples, args.real_subsets, args.seed)
     print(f"real vs real ({args.real_subsets} disjoint sets of {args.num_samples} training images): FID "
           f"{' '.join(f'{f:.2f}' for f in floor)}, mean {sum(floor) / len(floor):.2f}")
-    if loaded is None:
+    if not models:
         return 0
-    print(f"checkpoint {loaded.path} at step {loaded.step}, {'raw' if args.no_ema else 'EMA'} weights")
-    labels = data_distribution(real_labels.numpy(), args.num_samples, args.seed) if loaded.model.num_classes else None
+    print(f"checkpoint {models[0].path} at step {models[0].step}")
+    labels = data_distribution(real_labels.numpy(), args.num_samples, args.seed) if cfg.model.num_classes else None
     if labels is not None:
         print(f"class-conditional: labels drawn from the training data, guidance scale {cfg.sample.guidance_scale}")
-    print("| sampler | steps | FID (classifier) | min class % | max class % | confident % | seconds |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for option in options:
-        start = time.perf_counter()
-        samples = generate_from(loaded.model, loaded.schedule, option, labels=labels)
-        seconds = time.perf_counter() - start
-        q = quality(classifier, samples, real)
-        print(f"| {option.sampler} | {option.steps} | {q['fid']:.2f} | {100 * q['min_class_share']:.1f} | "
-              f"{100 * q['max_class_share']:.1f} | {100 * q['confident']:.1f} | {seconds:.1f} |")
+    print("| weights | sampler | steps | FID (classifier) | min class % | max class % | confident % | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for loaded in models:
+        for option in options:
+            start = time.perf_counter()
+            samples = generate_from(loaded.model, loaded.schedule, option, labels=labels)
+            seconds = time.perf_counter() - start
+            q = quality(classifier, samples, real)
+            print(f"| {loaded.weights} | {option.sampler} | {option.steps} | {q['fid']:.2f} | {100 * q['min_class_share']:.1f} | "
+                  f"{100 * q['max_class_share']:.1f} | {100 * q['confident']:.1f} | {seconds:.1f} |", flush=True)
     return 0
 
 

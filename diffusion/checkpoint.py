@@ -65,14 +65,19 @@ def torch_load_safely(path: Path, map_location: str | torch.device = "cpu") -> A
         raise CheckpointError(f"{path}: not a checkpoint, or truncated/corrupt ({first})") from None
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``: a pickle that would run code is refused)."""
-    path = resolve_checkpoint(path)
+def load_saved(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """A file this project wrote with ``torch.save`` (a zip archive), loaded safely."""
     if path.is_file() and not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path}: not a checkpoint, or a truncated one (torch.save writes a zip archive; this file is not a complete one)"
         )
-    state = torch_load_safely(path, map_location)
+    return torch_load_safely(path, map_location)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``: a pickle that would run code is refused)."""
+    path = resolve_checkpoint(path)
+    state = load_saved(path, map_location)
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: not a ddpm checkpoint (expected the keys {', '.join(REQUIRED_KEYS)})")
     return state

@@ -3,18 +3,20 @@
 Every script parses with :class:`Parser`, whose errors are one line and exit code 2 like any
 other :class:`~diffusion.errors.UserError`, and takes the common flags from here, so the same
 thing has the same name and the same check everywhere: ``--config`` (alias ``--preset``),
-``--device``, ``--threads`` and ``--batch-size``.
+``--device``, ``--threads``, ``--ema-length`` and ``--batch-size``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from diffusion.errors import UserError
+from diffusion.posthoc_ema import MAX_SIGMA_REL
 
 CONFIGS = Path(__file__).resolve().parents[1] / "Configs"  # the presets shipped with the repository
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
@@ -40,6 +42,39 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def ema_length(text: str) -> float | Literal["config"] | None:
+    """An argparse type: a relative EMA width in (0, 1/sqrt(12)], 'none' (no post-hoc EMA) or
+    'config' (the checkpoint's ``sample.ema_length``)."""
+    word = text.strip().lower()
+    if word in ("none", "config"):
+        return None if word == "none" else "config"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= MAX_SIGMA_REL:
+        raise argparse.ArgumentTypeError(f"expected a relative EMA length in (0, {MAX_SIGMA_REL:.4f}] or 'none', got '{text}'")
+    return value
+
+
+def add_ema_length_flag(parser: argparse.ArgumentParser, *, multiple: bool = False) -> None:
+    """``--ema-length``: post-hoc EMA weights (:mod:`diffusion.posthoc_ema`); the default
+    ``"config"`` defers to the checkpoint's ``sample.ema_length``."""
+    what = "one or more relative widths" if multiple else "the relative width"
+    parser.add_argument(
+        "--ema-length", type=ema_length, nargs="+" if multiple else None, default=["config"] if multiple else "config",
+        metavar="SIGMA_REL",
+        help=f"post-hoc EMA: {what} of the EMA, e.g. 0.1, rebuilt from the run's snapshots (a run trained with"
+        " train.posthoc_ema); 'none': the train.ema_decay weights; 'config' (default): the checkpoint's sample.ema_length",
+    )
+
+
+def check_ema_flags(no_ema: bool, ema_length: object) -> None:
+    """``--no-ema`` and an explicit ``--ema-length`` (one value or a list) exclude each other."""
+    if no_ema and ema_length not in ("config", ["config"]):
+        raise UserError("--no-ema and --ema-length: the raw weights or an EMA of them, not both")
 
 
 def config_path(name: str) -> Path:

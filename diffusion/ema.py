@@ -71,3 +71,21 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor], updates: int) -> None:
         self.module.load_state_dict(state)
         self.updates = updates
+
+
+class PowerEMA(EMA):
+    """The power-function EMA of Karras et al. 2024 (eq. 2): the ``n``-th update (n = 1, 2, ...)
+    has decay ``(1 - 1/n)^(gamma + 1)``, so after ``t`` updates the average weighs the ``tau``-th
+    weights by ``(tau^(gamma+1) - (tau-1)^(gamma+1)) / t^(gamma+1)``: the density
+    ``(gamma + 1) tau^gamma / t^(gamma+1)`` on [0, t], integrated over each update's unit interval.
+    Its width relative to t is ``sigma_rel`` (:func:`diffusion.posthoc_ema.gamma_from_sigma_rel`),
+    whatever the run's length: snapshots of two such averages let :mod:`diffusion.posthoc_ema`
+    rebuild an average of any other width after training."""
+
+    def __init__(self, model: nn.Module, gamma: float) -> None:
+        super().__init__(model, decay=0.0)
+        self.gamma = gamma
+
+    @property
+    def current_decay(self) -> float:
+        return (1.0 - 1.0 / (self.updates + 1)) ** (self.gamma + 1.0)

@@ -1,6 +1,6 @@
 """Export a checkpoint as a diffusers ``DDPMPipeline`` folder.
 
-    python -m diffusion.export --checkpoint Models/<run> --out ddpm-pipeline [--no-ema]
+    python -m diffusion.export --checkpoint Models/<run> --out ddpm-pipeline [--no-ema | --ema-length 0.1]
 
 writes ``model_index.json``, ``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors``
 (current diffusers parameter names) and ``scheduler/scheduler_config.json``, which
@@ -16,22 +16,25 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+from typing import Literal
 
 from diffusion.atomic import write_atomic
-from diffusion.cli import Parser
+from diffusion.cli import Parser, add_ema_length_flag, check_ema_flags
 from diffusion.diffusers_format import FORMAT_VERSION, scheduler_config, to_diffusers, unet_config
 from diffusion.errors import UserError, run_cli
 from diffusion.generate import load_model
 
 
-def export_pipeline(checkpoint: str | Path, out: str | Path, *, use_ema: bool = True) -> Path:
+def export_pipeline(
+    checkpoint: str | Path, out: str | Path, *, use_ema: bool = True, ema_length: float | Literal["config"] | None = "config"
+) -> Path:
     """Write the ``DDPMPipeline`` folder of ``checkpoint`` (any ``load_model`` argument) to ``out``."""
     from safetensors.torch import save
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not an empty folder; choose another --out")
-    loaded = load_model(checkpoint, use_ema=use_ema)
+    loaded = load_model(checkpoint, use_ema=use_ema, ema_length=ema_length)
     config = loaded.config
     unet = unet_config(config.model)
     scheduler = scheduler_config(config.diffusion, config.sample)
@@ -63,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="a checkpoint file, a run folder (its checkpoints/last.pt), a diffusers folder or a Hub id")
     p.add_argument("--out", type=Path, required=True, help="the pipeline folder to write (must not exist, or be empty)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
+    add_ema_length_flag(p)
     args = p.parse_args(argv)
-    out = export_pipeline(args.checkpoint, args.out, use_ema=not args.no_ema)
+    check_ema_flags(args.no_ema, args.ema_length)
+    out = export_pipeline(args.checkpoint, args.out, use_ema=not args.no_ema, ema_length=args.ema_length)
     print(f"wrote the DDPMPipeline folder {out}/ (load it with diffusers.DDPMPipeline.from_pretrained)")
     return 0
 

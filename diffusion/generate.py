@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from diffusion.config import Config, SampleConfig, check_sampling, from_dict
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import image_grid, save_animation, save_png, to_uint8
+from diffusion.posthoc_ema import reconstruct
 from diffusion.pretrained import resolve
 from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
 from diffusion.schedule import NoiseSchedule
@@ -70,12 +71,23 @@ def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    checkpoint: str | Path,
+    *,
+    use_ema: bool = True,
+    ema_length: float | Literal["config"] | None = "config",
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
     """Rebuild the network of a checkpoint (or a run folder's last.pt) from its stored config.
 
     ``checkpoint`` may also be a diffusers folder or a Hub id ``org/name[@revision]``
     (:func:`diffusion.pretrained.resolve`: converted once, then loaded as a checkpoint from the
     cache); such weights are a single set, so ``use_ema`` does not apply to them.
+
+    ``ema_length`` picks post-hoc EMA weights (:mod:`diffusion.posthoc_ema`) of that relative
+    width, rebuilt from the run folder's snapshots; ``"config"`` means the checkpoint's
+    ``sample.ema_length``, and None the ``train.ema_decay`` weights. With ``use_ema=False``
+    (the raw weights) it is ignored.
 
     The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
     or weights that do not fit the model the stored config describes, raise a one-line
@@ -89,7 +101,17 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True, device: str | to
         raise CheckpointError(f"{path}: its 'config' entry is not a mapping of config sections")
     config = from_dict(state["config"], source=f"{path}: stored config")
     key = "ema" if use_ema or resolved.name else "model"
-    weights = state.get(key)
+    if ema_length == "config":
+        ema_length = config.sample.ema_length
+    if ema_length is not None and key == "ema":
+        if resolved.name:
+            raise CheckpointError(
+                f"{resolved.source}: imported weights are a single set; post-hoc EMA needs a run trained with train.posthoc_ema"
+            )
+        weights, _ = reconstruct(path.parent.parent, int(state["step"]), float(ema_length))
+        key = f"post-hoc EMA {float(ema_length):g}"
+    else:
+        weights = state.get(key)
     if not isinstance(weights, dict):
         hint = " (use --no-ema for the raw weights)" if use_ema else ""
         raise CheckpointError(f"{path}: has no '{key}' weights{hint}")

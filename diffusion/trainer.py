@@ -10,13 +10,14 @@ One optimizer step (Ho et al. Algorithm 1, with the DDPM recipe of their appendi
 * AdamW at ``lr_n = train.lr * min(1, n / train.warmup_steps)`` for the n-th step (n = 1, 2, ...),
   constant after the warmup as in Ho et al., or decayed to 0 over the run's last part
   (``train.lr_decay``, :func:`learning_rate`);
-* every ``train.ema_every`` steps an EMA update (:mod:`diffusion.ema`).
+* every ``train.ema_every`` steps an EMA update (:mod:`diffusion.ema`), and one of each
+  power-function EMA of ``train.posthoc_ema`` (:mod:`diffusion.posthoc_ema`).
 
 The run folder ``<log.root>/<log.run_name>/`` holds ``config.yaml`` (the resolved config),
 ``checkpoints/`` (``step_XXXXXXX.pt``, the newest ``train.keep_checkpoints`` kept, and
-``last.pt``), ``tensorboard/`` and ``samples/step_XXXXXXX.png``, and ``.ddpm-run``: the mark of a
-folder this project made, and a lock held while a run writes there. A new run claims its folder
-atomically and refuses an existing one (unless it is a run folder without any checkpoint, left by
+``last.pt``), ``posthoc/step_XXXXXXX.pt`` (post-hoc EMA snapshots, all kept), ``tensorboard/``
+and ``samples/step_XXXXXXX.png``, and ``.ddpm-run``: the mark of a folder this project made, and
+a lock held while a run writes there. A new run claims its folder atomically and refuses an existing one (unless it is a run folder without any checkpoint, left by
 a run that failed before its first: that one is reused); ``resume`` continues one. A checkpoint
 holds everything the next step depends on (weights, EMA, optimizer, scaler, data position, every
 process's RNG states), so on the CPU a run stopped after N steps and resumed for N more ends
@@ -62,8 +63,9 @@ from diffusion.data import (
     prepare_labeled_dataset,
 )
 from diffusion.device import autocast_dtype, compile_network, resolve_device, tune_host_allocator
-from diffusion.ema import EMA
+from diffusion.ema import EMA, PowerEMA
 from diffusion.errors import CheckpointError, ConfigError
+from diffusion.posthoc_ema import gamma_from_sigma_rel, write_snapshot
 from diffusion.schedule import NoiseSchedule
 from models import build_model
 
@@ -223,6 +225,7 @@ class Trainer:
         if self.env.rank:
             seed_everything(t.seed + self.env.rank)  # per-process noise and dropout
         self.ema = EMA(self.model, t.ema_decay)
+        self.posthoc = [PowerEMA(self.model, gamma_from_sigma_rel(width)) for width in t.posthoc_ema]
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay,
             fused=self.device.type in ("cuda", "cpu"),  # one kernel for all parameters (docs/results.md#fused-adamw-on-cpu)
@@ -235,6 +238,7 @@ class Trainer:
             labels=self.labels.values if self.labels is not None else None,
         )
         self.step = 0
+        self.snapshot_step = -1
         if checkpoint is not None:
             self._load(checkpoint)
         self.saved_step = self.step if checkpoint is not None else None  # step of checkpoints/last.pt
@@ -317,7 +321,7 @@ class Trainer:
         saved = state["config"]
         mine = self.cfg.to_dict()
         compared = [(section, key) for section in ("model", "diffusion") for key in mine[section]]
-        for section, key in [*compared, ("data", "attributes"), ("data", "class_names")]:
+        for section, key in [*compared, ("data", "attributes"), ("data", "class_names"), ("train", "posthoc_ema")]:
             value = mine[section][key]
             if saved.get(section, {}).get(key, value) != value:
                 raise CheckpointError(
@@ -325,6 +329,10 @@ class Trainer:
                 )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"], state["ema_updates"])
+        if self.posthoc and "posthoc_ema" not in state:
+            raise CheckpointError(f"{path}: trained without train.posthoc_ema, so it cannot be resumed with it")
+        for profile, weights in zip(self.posthoc, state.get("posthoc_ema", []), strict=True):
+            profile.load_state_dict(weights, state["ema_updates"])
         self.optimizer.load_state_dict(state["optimizer"])
         t = self.cfg.train
         for group in self.optimizer.param_groups:  # the config's hyperparameters win
@@ -354,6 +362,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "ema_updates": self.ema.updates,
+            "posthoc_ema": [profile.state_dict() for profile in self.posthoc],
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
@@ -363,6 +372,7 @@ class Trainer:
             "versions": library_versions(),
         }
         save_checkpoint(state, path)
+        self._snapshot()
         last = self.checkpoint_dir / "last.pt"
         try:  # a hard link renamed over last.pt: atomic, and no second copy on disk
             with atomic_path(last) as link:
@@ -374,6 +384,13 @@ class Trainer:
         for old in steps[: -self.cfg.train.keep_checkpoints]:
             old.unlink()
         return path
+
+    def _snapshot(self) -> None:
+        """Rank zero: the post-hoc EMA snapshot of this step, unless this run wrote it already
+        (one a stopped run wrote beyond its last checkpoint is overwritten on resume)."""
+        if self.posthoc and self.env.is_main and self.ema.updates and self.snapshot_step != self.step:
+            write_snapshot(self.run_dir, self.step, self.posthoc)
+            self.snapshot_step = self.step
 
     def _prepare_run_folder(self) -> None:
         """Rank zero: claim the run folder; the resolved config.yaml, TensorBoard; stale temporary files removed."""
@@ -427,6 +444,8 @@ class Trainer:
                     self._sample_grid()
                 if log.fid_every and self.step % log.fid_every == 0:
                     self._fid()
+                if self.posthoc and self.step % t.posthoc_every == 0:
+                    self._snapshot()
                 if self.step % t.checkpoint_every == 0 or done:
                     saved = self._save()
                 if stop:
@@ -465,6 +484,8 @@ class Trainer:
         self.step += 1
         if self.step % t.ema_every == 0:
             self.ema.update(self.model)
+            for profile in self.posthoc:
+                profile.update(self.model)
         # Bookkeeping on the device: no host sync until the next log or checkpoint.
         bad = ~torch.isfinite(loss_sum)
         if not self.scaler.is_enabled():  # fp16 overflows in the gradient are the scaler's business

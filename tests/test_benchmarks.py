@@ -343,21 +343,27 @@ def digits_run(repo_root, tmp_path, *overrides: str):
 
 @pytest.mark.slow
 def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys, monkeypatch):
-    run = digits_run(repo_root, tmp_path, "sample.sampler=ddim", "sample.steps=3")
+    run = digits_run(repo_root, tmp_path, "sample.sampler=ddim", "sample.steps=3", "train.posthoc_ema=[0.05,0.1]")
     with pytest.raises(UserError, match="--samplers: expected default or ddpm, ddim, dpm\\+\\+"):
         digits_quality.main(["--checkpoint", str(run), "--samplers", "euler"])
     assert digits_quality.main(["--checkpoint", str(run), "--samplers", "default", "default:2", "dpm++:2",
                                 "--num-samples", "12", "--root", str(tmp_path / "Data")]) == 0
     out = capsys.readouterr().out
-    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| d")]
-    assert [(r[0], r[1]) for r in rows] == [("| ddim", "3"), ("| ddim", "2"), ("| dpm++", "2")]
-    assert all(float(r[2]) >= 0 for r in rows)  # an FID per sampler
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ema")]
+    assert [(r[1], r[2]) for r in rows] == [("ddim", "3"), ("ddim", "2"), ("dpm++", "2")]
+    assert all(float(r[3]) >= 0 for r in rows)  # an FID per sampler
     loads = []
     monkeypatch.setattr(digits_quality, "load_model", lambda path, **kw: loads.append(kw) or load_model(path, **kw))
     assert digits_quality.main(["--checkpoint", str(run), "--samplers", "default", "--num-samples", "12",
                                 "--root", str(tmp_path / "Data"), "--no-ema"]) == 0
-    assert loads == [{"use_ema": False}]
-    assert "at step 1, raw weights" in capsys.readouterr().out
+    assert loads == [{"use_ema": False, "ema_length": "config"}]
+    assert "| model | ddim | 3 |" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--no-ema and --ema-length"):
+        digits_quality.main(["--checkpoint", str(run), "--no-ema", "--ema-length", "0.1"])
+    assert digits_quality.main(["--checkpoint", str(run), "--samplers", "default:2", "--num-samples", "12",
+                                "--root", str(tmp_path / "Data"), "--ema-length", "none", "0.1", "0.2"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r[0] for r in rows[1:]] == ["| ema", "| post-hoc EMA 0.1", "| post-hoc EMA 0.2"]
     assert (tmp_path / "Data" / "cache" / "digits16_classifier_seed0_epochs30.pt").is_file()
 
 

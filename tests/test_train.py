@@ -207,6 +207,8 @@ def weights_of(run: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     flat = {f"model.{k}": v for k, v in state["model"].items()}
     flat.update({f"ema.{k}": v for k, v in state["ema"].items()})
+    for i, profile in enumerate(state["posthoc_ema"]):
+        flat.update({f"posthoc{i}.{k}": v for k, v in profile.items()})
     for index, buffers in state["optimizer"]["state"].items():
         flat.update({f"adam.{index}.{k}": v for k, v in buffers.items()})
     return flat
@@ -215,7 +217,7 @@ def weights_of(run: Path) -> dict[str, torch.Tensor]:
 def test_resume_is_bitwise_exact(tmp_path):
     folder = image_folder(tmp_path / "images", 10)  # 2 batches an epoch: resuming crosses epochs
     common = [*folder_overrides(folder), "data.random_flip=true", "model.dropout=0.1", "train.grad_accum=2",
-              "train.checkpoint_every=100"]
+              "train.checkpoint_every=100", "train.posthoc_ema=[0.05,0.1]", "train.posthoc_every=2"]
     straight = train(tiny(tmp_path, *common, "train.steps=6", run="straight"))
     split = train(tiny(tmp_path, *common, "train.steps=3", run="split"))
     assert load_checkpoint(split)["step"] == 3
@@ -225,6 +227,9 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert expected.keys() == actual.keys()
     different = [k for k in expected if not torch.equal(expected[k], actual[k])]
     assert not different, f"differ after resume: {different[:5]}"
+    assert any(k.startswith("posthoc1.") for k in expected)
+    snapshots = [torch.load(run / "posthoc" / "step_0000006.pt", weights_only=True) for run in (straight, split)]
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(*(s["weights"] for s in snapshots), strict=True) for k in a)
     other_seed = weights_of(train(tiny(tmp_path, *common, "train.steps=6", "train.seed=1", run="seed1")))
     assert not torch.equal(other_seed["model.conv_in.weight"], expected["model.conv_in.weight"])
 
