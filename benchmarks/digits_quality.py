@@ -44,9 +44,9 @@ from diffusion.config import SampleConfig
 from diffusion.data import prepare_dataset
 from diffusion.errors import UserError, run_cli
 from diffusion.fid import compare_image_sets
-from diffusion.generate import load_model
+from diffusion.generate import analytic_moments, load_model
 from diffusion.media import to_uint8
-from diffusion.samplers import SAMPLERS, generate_from
+from diffusion.samplers import DDPM_VARIANCES, SAMPLERS, generate_from
 
 
 class DigitClassifier(nn.Module):
@@ -148,15 +148,17 @@ def quality(classifier: DigitClassifier, samples: torch.Tensor, real: torch.Tens
 
 
 def sampler_options(spec: str, sample: SampleConfig, num_samples: int, seed: int) -> SampleConfig:
-    """``sampler[:steps]`` as sampling options; ``default`` is the checkpoint's own sampler, and
-    every option not named comes from its ``sample`` section."""
-    name, _, steps = spec.partition(":")
+    """``sampler[:steps[:ddpm_variance]]`` as sampling options (``ddpm:25:analytic``); ``default``
+    is the checkpoint's own sampler, and every option not named comes from its ``sample`` section."""
+    name, _, rest = spec.partition(":")
+    steps, _, variance = rest.partition(":")
     sampler = sample.sampler if name == "default" else name
-    if sampler not in SAMPLERS or (steps and not steps.isdigit()):
-        raise UserError(f"--samplers: expected default or {', '.join(SAMPLERS)}, optionally :STEPS, got '{spec}'")
+    if sampler not in SAMPLERS or (steps and not steps.isdigit()) or (variance and variance not in DDPM_VARIANCES):
+        raise UserError(f"--samplers: expected default or {', '.join(SAMPLERS)}, optionally :STEPS and"
+                        f" :{'|'.join(DDPM_VARIANCES)}, got '{spec}'")
     return dataclasses.replace(
         sample, sampler=sampler, steps=int(steps) if steps else sample.steps, num_samples=num_samples, seed=seed,
-        batch_size=250,
+        batch_size=250, ddpm_variance=variance or sample.ddpm_variance,
     )
 
 
@@ -206,15 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     labels = data_distribution(real_labels.numpy(), args.num_samples, args.seed) if cfg.model.num_classes else None
     if labels is not None:
         print(f"class-conditional: labels drawn from the training data, guidance scale {cfg.sample.guidance_scale}")
+    reference_config = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=args.root))  # the reference images
     print("| weights | sampler | steps | FID (classifier) | min class % | max class % | confident % | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for loaded in models:
         for option in options:
             start = time.perf_counter()
-            samples = generate_from(loaded.model, loaded.schedule, option, labels=labels)
+            moments = analytic_moments(loaded.model, loaded.schedule, reference_config, option)
+            samples = generate_from(loaded.model, loaded.schedule, option, labels=labels, eps_moments=moments)
             seconds = time.perf_counter() - start
             q = quality(classifier, samples, real)
-            print(f"| {loaded.weights} | {option.sampler} | {option.steps} | {q['fid']:.2f} | {100 * q['min_class_share']:.1f} | "
+            sampler = f"{option.sampler} ({option.ddpm_variance})" if option.sampler == "ddpm" else option.sampler
+            print(f"| {loaded.weights} | {sampler} | {option.steps} | {q['fid']:.2f} | {100 * q['min_class_share']:.1f} | "
                   f"{100 * q['max_class_share']:.1f} | {100 * q['confident']:.1f} | {seconds:.1f} |", flush=True)
     return 0
 

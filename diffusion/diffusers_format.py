@@ -223,7 +223,8 @@ def unet_config(m: ModelConfig) -> dict[str, Any]:
 
 
 def scheduler_config(d: DiffusionConfig, s: SampleConfig) -> dict[str, Any]:
-    """The ``DDPMScheduler`` scheduler_config.json of our ``diffusion:`` and ``sample:`` sections."""
+    """The ``DDPMScheduler`` scheduler_config.json of our ``diffusion:`` and ``sample:`` sections
+    (the analytic ddpm variance, which diffusers lacks, becomes its lower bound beta_tilde)."""
     config = {"_class_name": "DDPMScheduler", "_diffusers_version": FORMAT_VERSION, **SCHEDULER_DEFAULTS,
               "num_train_timesteps": d.timesteps,
               "variance_type": "fixed_large" if s.ddpm_variance == "beta" else "fixed_small",

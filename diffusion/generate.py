@@ -24,12 +24,20 @@ from diffusion.atomic import atomic_path
 from diffusion.checkpoint import load_checkpoint
 from diffusion.conditioning import Conditions, sampling_conditions
 from diffusion.config import Config, SampleConfig, check_sampling, from_dict
+from diffusion.data import prepare_dataset, prepare_labeled_dataset
 from diffusion.device import autocast_dtype, compile_network, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import image_grid, save_animation, save_png, to_uint8
 from diffusion.posthoc_ema import reconstruct
 from diffusion.pretrained import resolve
-from diffusion.samplers import ReverseStep, animation_steps, generate_from, timestep_sequence
+from diffusion.samplers import (
+    Reference,
+    ReverseStep,
+    animation_steps,
+    estimate_eps_moments,
+    generate_from,
+    timestep_sequence,
+)
 from diffusion.schedule import NoiseSchedule
 from models import UNet, build_model
 
@@ -145,11 +153,12 @@ def sample_with_animation(
     progress: bool = False,
     labels: torch.Tensor | None = None,
     nrow: int | None = None,
+    eps_moments: list[float] | None = None,
 ) -> tuple[torch.Tensor, list[np.ndarray]]:
     """``options.num_samples`` images (N, C, H, W) in [-1, 1], and ``num_frames`` grids (H, W, C)
     uint8 of the samples at the reverse steps chosen by :func:`animation_steps` (none when 0).
     A conditional model samples sample i under ``labels[i]``; the grids have ``nrow`` columns
-    (None: square-ish)."""
+    (None: square-ish). ``eps_moments``: those of the analytic ddpm variance (:func:`analytic_moments`)."""
     shown = animation_steps(timestep_sequence(schedule.timesteps, options.steps), num_frames) if num_frames else []
     wanted = set(shown)
     states: dict[int, torch.Tensor] = {}
@@ -163,10 +172,26 @@ def sample_with_animation(
     images = generate_from(
         model, schedule, options,
         device=device, autocast_dtype=autocast_dtype, progress=progress, on_step=record if shown else None,
-        labels=labels,
+        labels=labels, eps_moments=eps_moments,
     )
     grids = {index: image_grid(pixels, nrow) for index, pixels in states.items()}
     return images, [grids[index] for index in shown]
+
+
+def analytic_moments(
+    model: torch.nn.Module, schedule: NoiseSchedule, config: Config, options: SampleConfig, autocast_dtype: torch.dtype | None = None
+) -> list[float] | None:
+    """For the ddpm sampler with the analytic variance, its eps moments
+    (:func:`~diffusion.samplers.estimate_eps_moments`) over ``options.analytic_images`` images of
+    the training data ``config.data`` (with their labels for a conditional model); else None."""
+    if options.sampler != "ddpm" or options.ddpm_variance != "analytic":
+        return None
+    if config.conditional:
+        images, labels = prepare_labeled_dataset(config.data)
+        reference = Reference.draw(images, labels.values, options.analytic_images, options.seed)
+    else:
+        reference = Reference.draw(prepare_dataset(config.data), None, options.analytic_images, options.seed)
+    return estimate_eps_moments(model, schedule, options, reference, autocast_dtype)
 
 
 def default_out_dir(checkpoint: Path | LoadedModel) -> Path:
@@ -229,6 +254,7 @@ def write_samples(
     dtype = autocast_dtype(precision, device, sampling=True)
     started = time.perf_counter()
     model = compile_network(loaded.model, device) if compile else loaded.model
+    moments = analytic_moments(model, loaded.schedule, loaded.config, options, dtype)
     chunk = chunk_size(options.batch_size)
     files: list[Path] = []
     kept: list[torch.Tensor] = []
@@ -242,11 +268,12 @@ def write_samples(
             images, frames = sample_with_animation(
                 model, loaded.schedule, part, options.frames if video != "none" else 0,
                 device=device, autocast_dtype=dtype, progress=progress, labels=part_labels, nrow=nrow,
+                eps_moments=moments,
             )
         else:
             images = generate_from(
                 model, loaded.schedule, part, first=first, device=device, autocast_dtype=dtype, progress=progress,
-                labels=part_labels,
+                labels=part_labels, eps_moments=moments,
             )
         sampling_seconds += time.perf_counter() - begun
         pixels = to_uint8(images)
@@ -273,6 +300,7 @@ def write_samples(
         "weights": loaded.weights,
         **settings,
         **(conditions.record if conditions is not None else {}),
+        **({"eps_moments": moments} if moments is not None else {}),
         "precision": precision_name(dtype),
         "compiled": compile,
         "device": str(device),

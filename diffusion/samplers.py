@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from diffusion.config import SampleConfig
 
 SamplerName = Literal["ddpm", "ddim", "dpm++", "dpm++sde"]
+DdpmVariance = Literal["beta", "beta_tilde", "analytic"]
+DDPM_VARIANCES: tuple[str, ...] = ("beta", "beta_tilde", "analytic")
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++", "dpm++sde")
 NoiseSource = Callable[[], torch.Tensor]  # each call returns the next (B, C, H, W) standard normal draw
 
@@ -211,33 +213,115 @@ def _step_pairs(alpha_bar: list[float], timesteps: list[int]) -> Iterator[tuple[
         yield i, t, alpha_bar[t], ab_next
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Training images (N, C, H, W) in [-1, 1] and, for a conditional model, their labels: the
+    Monte-Carlo set from which Analytic-DPM estimates its variances (:func:`estimate_eps_moments`)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    @classmethod
+    def draw(cls, images: np.ndarray, labels: np.ndarray | None, count: int, seed: int) -> Reference:
+        """``count`` images (without replacement, all if fewer) drawn by ``seed`` from a uint8
+        (N, H, W, C) dataset, with their labels where given."""
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(len(images), size=min(count, len(images)), replace=False))
+        x = torch.from_numpy(np.asarray(images[chosen])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return cls(x, torch.from_numpy(np.asarray(labels[chosen])) if labels is not None else None)
+
+
+def analytic_variance(ab_t: float, ab_s: float, eps_moment: float) -> float:
+    """Analytic-DPM's optimal variance of the DDPM step t -> s (Bao et al. 2022, Theorem 1 with
+    lambda^2 = beta_tilde, the DDPM posterior variance):
+
+        sigma^2 = beta_tilde + c^2 (1 - alpha_bar_t) / alpha_bar_t (1 - Gamma_t),
+
+    c = sqrt(alpha_bar_s) beta / (1 - alpha_bar_t) the x0 coefficient of mu_tilde (Ho et al. eq. 7)
+    and Gamma_t = E ||eps(x_t, t)||^2 / d, so that the second term is c^2 times the mean posterior
+    variance of a pixel of x0. That variance is clipped to [0, 1] (a pixel in [-1, 1] varies by
+    at most 1: their Theorem 2), which also absorbs Monte-Carlo error in Gamma_t.
+    """
+    beta = 1.0 - ab_t / ab_s
+    beta_tilde = beta * (1 - ab_s) / (1 - ab_t)
+    c = math.sqrt(ab_s) * beta / (1 - ab_t)
+    posterior = min(max((1 - ab_t) / ab_t * (1 - eps_moment), 0.0), 1.0)
+    return beta_tilde + c * c * posterior
+
+
 @torch.inference_mode()
 def ddpm_steps(
     denoise: Denoiser,
     alpha_bar: list[float],
     timesteps: list[int],
     noise: NoiseSource,
-    variance: Literal["beta", "beta_tilde"] = "beta",
+    variance: DdpmVariance = "beta",
+    eps_moments: Sequence[float] | None = None,
 ) -> Iterator[ReverseStep]:
     """Ho et al. Algorithm 2: x_s = mu_tilde(x_t, x0_hat) + sigma z, z = 0 at the last step.
 
     For a step t -> s, with beta = 1 - alpha_bar_t / alpha_bar_s (beta_t itself when s = t-1),
     Ho et al. eq. 7 gives the posterior mean
         mu_tilde = sqrt(alpha_bar_s) beta / (1 - alpha_bar_t) x0 + sqrt(1 - beta) (1 - alpha_bar_s) / (1 - alpha_bar_t) x_t
-    and sigma^2 is beta ("beta", the paper's choice for CIFAR-10 and CelebA) or
-    beta_tilde = (1 - alpha_bar_s) / (1 - alpha_bar_t) beta ("beta_tilde"; sec. 3.2).
+    and sigma^2 is beta ("beta", the paper's choice for CIFAR-10 and CelebA),
+    beta_tilde = (1 - alpha_bar_s) / (1 - alpha_bar_t) beta ("beta_tilde"; sec. 3.2), or
+    Analytic-DPM's estimate ("analytic", :func:`analytic_variance`, with ``eps_moments[i]`` the
+    Gamma of step i), which lies between beta_tilde and the variance of data that fill [-1, 1].
     """
-    if variance not in ("beta", "beta_tilde"):
-        raise ValueError(f"unknown ddpm variance {variance!r}: expected 'beta' or 'beta_tilde'")
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"unknown ddpm variance {variance!r}: expected one of {', '.join(DDPM_VARIANCES)}")
+    if variance == "analytic" and (eps_moments is None or len(eps_moments) != len(timesteps)):
+        raise ValueError("the analytic ddpm variance needs one eps moment per step (eps_moments)")
     x = noise()
     for i, t, ab_t, ab_s in _step_pairs(alpha_bar, timesteps):
         x0, _ = denoise(x, t)
         beta = 1.0 - ab_t / ab_s
         x = (math.sqrt(ab_s) * beta / (1 - ab_t)) * x0 + (math.sqrt(1 - beta) * (1 - ab_s) / (1 - ab_t)) * x
         if ab_s < 1.0:  # not the last step
-            var = beta if variance == "beta" else beta * (1 - ab_s) / (1 - ab_t)
+            if variance == "analytic":
+                var = analytic_variance(ab_t, ab_s, eps_moments[i])
+            else:
+                var = beta if variance == "beta" else beta * (1 - ab_s) / (1 - ab_t)
             x = x + math.sqrt(var) * noise()
         yield ReverseStep(i, t, x, x0)
+
+
+@torch.inference_mode()
+def estimate_eps_moments(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    options: SampleConfig,
+    reference: Reference,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[float]:
+    """Gamma_t = E ||eps(x_t, t)||^2 / d at each timestep of ``options.steps``, the Monte-Carlo
+    estimate of Bao et al. 2022 (eq. 8, in eps form): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 -
+    alpha_bar_t) z for every reference image x0 (with its label, guided by
+    ``options.guidance_scale`` as the samples are), z drawn from ``options.seed``, in batches of
+    ``options.batch_size``. The network's own eps is used, unclipped: the score estimate the
+    theorem needs.
+    """
+    device = model_device(model)
+    schedule = schedule_on(schedule, device)
+    generator = torch.Generator(device).manual_seed(options.seed)
+    was_training = model.training
+    model.eval()
+    moments = []
+    try:
+        for t in timestep_sequence(schedule.timesteps, options.steps):
+            ab = float(schedule.alpha_bar[t])
+            total = 0.0
+            for start in range(0, len(reference.images), options.batch_size):
+                x0 = reference.images[start : start + options.batch_size].to(device)
+                labels = reference.labels[start : start + len(x0)].to(device) if reference.labels is not None else None
+                denoise = make_denoiser(model, schedule, False, autocast_dtype, labels, options.guidance_scale)
+                z = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+                _, eps = denoise(math.sqrt(ab) * x0 + math.sqrt(1 - ab) * z, t)
+                total += eps.double().square().sum().item()
+            moments.append(total / reference.images.numel())
+    finally:
+        model.train(was_training)
+    return moments
 
 
 @torch.inference_mode()
@@ -317,15 +401,17 @@ def reverse_process(
     steps: int = 20,
     eta: float = 0.0,
     clip_denoised: bool = True,
-    ddpm_variance: Literal["beta", "beta_tilde"] = "beta",
+    ddpm_variance: DdpmVariance = "beta",
     autocast_dtype: torch.dtype | None = None,
     labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
+    eps_moments: Sequence[float] | None = None,
 ) -> Iterator[ReverseStep]:
     """The reverse steps of ``sampler`` with S = ``steps`` network calls, starting from x_T = noise().
 
     ``model`` should be in eval mode and on the device of ``noise``; ``schedule`` on any device.
     A conditional model gets ``labels`` (one per sample) and ``guidance_scale`` (:func:`make_denoiser`).
+    The analytic ddpm variance needs ``eps_moments`` (:func:`estimate_eps_moments` of the same steps).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
@@ -333,7 +419,7 @@ def reverse_process(
     alpha_bar = schedule.alpha_bar.tolist()
     denoise = make_denoiser(model, schedule, clip_denoised, autocast_dtype, labels, guidance_scale)
     if sampler == "ddpm":
-        return ddpm_steps(denoise, alpha_bar, timesteps, noise, ddpm_variance)
+        return ddpm_steps(denoise, alpha_bar, timesteps, noise, ddpm_variance, eps_moments)
     if sampler == "ddim":
         return ddim_steps(denoise, alpha_bar, timesteps, noise, eta)
     return dpm_solver_pp_2m_steps(denoise, alpha_bar, timesteps, noise, stochastic=sampler == "dpm++sde")
@@ -355,13 +441,14 @@ def generate(
     first: int = 0,
     batch_size: int = 64,
     clip_denoised: bool = True,
-    ddpm_variance: Literal["beta", "beta_tilde"] = "beta",
+    ddpm_variance: DdpmVariance = "beta",
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     on_step: Callable[[range, ReverseStep], None] | None = None,
     labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
+    eps_moments: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Generate ``num_samples`` images (N, C, H, W) on the CPU, in [-1, 1] when ``clip_denoised``.
 
@@ -370,8 +457,9 @@ def generate(
     a process can draw its share of a larger set (``first``: the index of its first sample).
     ``on_step(sample_indices, step)`` is called after every reverse step of every batch (for
     animations). A conditional model gets ``labels`` (N,) or (N, A), sample i conditioned on
-    ``labels[i]``, guided by ``guidance_scale`` (None labels: unconditioned). The model is put in
-    eval mode while sampling and restored afterwards.
+    ``labels[i]``, guided by ``guidance_scale`` (None labels: unconditioned). The ddpm sampler with
+    the analytic variance needs ``eps_moments`` (:func:`estimate_eps_moments`). The model is put in eval
+    mode while sampling and restored afterwards.
     """
     if num_samples < 1 or batch_size < 1 or first < 0:
         raise ValueError(f"num_samples and batch_size must be positive and first >= 0, got {num_samples}, {batch_size}, {first}")
@@ -394,7 +482,7 @@ def generate(
                 model, schedule, noise, sampler=sampler, steps=steps, eta=eta,
                 clip_denoised=clip_denoised, ddpm_variance=ddpm_variance, autocast_dtype=autocast_dtype,
                 labels=labels[batch.start : batch.stop].to(device) if labels is not None else None,
-                guidance_scale=guidance_scale,
+                guidance_scale=guidance_scale, eps_moments=eps_moments,
             ):
                 if on_step is not None:
                     on_step(batch, step)

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import platform
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -346,11 +347,13 @@ def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys, 
     run = digits_run(repo_root, tmp_path, "sample.sampler=ddim", "sample.steps=3", "train.posthoc_ema=[0.05,0.1]")
     with pytest.raises(UserError, match="--samplers: expected default or ddpm, ddim, dpm\\+\\+"):
         digits_quality.main(["--checkpoint", str(run), "--samplers", "euler"])
+    with pytest.raises(UserError, match=re.escape(":beta|beta_tilde|analytic, got 'ddpm:2:wide'")):
+        digits_quality.main(["--checkpoint", str(run), "--samplers", "ddpm:2:wide"])
     assert digits_quality.main(["--checkpoint", str(run), "--samplers", "default", "default:2", "dpm++:2",
-                                "--num-samples", "12", "--root", str(tmp_path / "Data")]) == 0
+                                "ddpm:2:analytic", "--num-samples", "12", "--root", str(tmp_path / "Data")]) == 0
     out = capsys.readouterr().out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ema")]
-    assert [(r[1], r[2]) for r in rows] == [("ddim", "3"), ("ddim", "2"), ("dpm++", "2")]
+    assert [(r[1], r[2]) for r in rows] == [("ddim", "3"), ("ddim", "2"), ("dpm++", "2"), ("ddpm (analytic)", "2")]
     assert all(float(r[3]) >= 0 for r in rows)  # an FID per sampler
     loads = []
     monkeypatch.setattr(digits_quality, "load_model", lambda path, **kw: loads.append(kw) or load_model(path, **kw))

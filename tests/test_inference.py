@@ -424,3 +424,21 @@ def test_sampling_on_the_cpu_keeps_freed_host_memory(tiny_run, tmp_path, monkeyp
     sample(tiny_run, tmp_path / "out", "--device", "cpu", "--num-samples", "2", "--steps", "2", "--no-grid",
            "--video", "none")
     assert devices == [torch.device("cpu")]
+
+
+def test_analytic_variance_is_estimated_from_the_training_data(tiny_run, tmp_path):
+    """sample.ddpm_variance=analytic: inference.py estimates one eps moment per step from
+    sample.analytic_images training images (of data.root), records them, and samples with them."""
+    state = torch.load(checkpoint_of(tiny_run), weights_only=True)
+    state["config"]["sample"].update(ddpm_variance="analytic", analytic_images=5)
+    state["config"]["data"]["root"] = str(tmp_path / "Data")
+    save_checkpoint(state, tmp_path / "analytic.pt")
+    record = sample(tmp_path / "analytic.pt", tmp_path / "a", "--video", "none", "--steps", "4")
+    assert record["ddpm_variance"] == "analytic" and len(record["eps_moments"]) == 4
+    assert all(0 < m < 2 for m in record["eps_moments"])
+    assert prepare_dataset(from_dict(state["config"]).data).shape[1:] == (8, 8, 1)  # the data it read
+    state["config"]["sample"]["ddpm_variance"] = "beta_tilde"
+    save_checkpoint(state, tmp_path / "small.pt")
+    other = sample(tmp_path / "small.pt", tmp_path / "b", "--video", "none", "--steps", "4")
+    assert "eps_moments" not in other
+    assert not np.array_equal(read_png(tmp_path / "a" / "grid.png"), read_png(tmp_path / "b" / "grid.png"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -19,8 +20,10 @@ import diffusion.samplers
 from diffusion.config import SampleConfig
 from diffusion.samplers import (
     NoiseStreams,
+    Reference,
     animation_steps,
     ddpm_steps,
+    estimate_eps_moments,
     generate,
     make_denoiser,
     reverse_process,
@@ -123,6 +126,70 @@ def test_gaussian_data_is_recovered(name):
     n = x.numel()
     assert abs(x.mean().item() - MU) <= mean_tol + 4.5 * S / math.sqrt(n)
     assert abs(x.std().item() - S) <= std_tol * S + 4.5 * S / math.sqrt(2 * n)
+
+
+def exact_eps_moments(schedule: NoiseSchedule, steps: int) -> list[float]:
+    """Gamma_t = E ||E[eps | x_t]||^2 / d = b^2 / (a^2 s^2 + b^2) for the Gaussian data (module docstring)."""
+    ab = schedule.alpha_bar.double()[timestep_sequence(schedule.timesteps, steps)]
+    return ((1 - ab) / (ab * S**2 + 1 - ab)).tolist()
+
+
+def output_law(schedule: NoiseSchedule, steps: int, variance: str, moments: list[float] | None = None) -> tuple[float, float]:
+    """The exact (mean, std) of the ddpm sampler's output for the Gaussian oracle (impulse noise,
+    as in test_output_law_of_each_sampler)."""
+    model = GaussianOracle(schedule, image_size=1).double()
+    rows = steps + 2
+    draws = iter(range(rows - 1))
+
+    def impulses() -> torch.Tensor:
+        z = torch.zeros(rows, 1, 1, 1, dtype=torch.float64)
+        z[next(draws) + 1] = 1.0
+        return z
+
+    x = final(reverse_process(model, schedule, impulses, sampler="ddpm", steps=steps, clip_denoised=False,
+                              ddpm_variance=variance, eps_moments=moments)).flatten()
+    return x[0].item(), (x[1:] - x[0]).square().sum().sqrt().item()
+
+
+@pytest.mark.parametrize("steps", [5, 10, 25])
+def test_analytic_ddpm_variance_is_exact_for_gaussian_data_at_any_step_count(steps):
+    """Bao et al.'s optimal variance makes each step the true q(x_s | x_t) when the data are
+    Gaussian (the posterior variance of x0 does not depend on x_t): with few steps the output law
+    is exact up to the x_T ~ N(0, I) start, while beta over- and beta_tilde under-disperse."""
+    schedule = NoiseSchedule(1000)
+    mean, std = output_law(schedule, steps, "analytic", exact_eps_moments(schedule, steps))
+    assert abs(mean - MU) <= 0.0005 and abs(std / S - 1) <= 0.002
+    for variance in ("beta", "beta_tilde"):
+        _, other = output_law(schedule, steps, variance)
+        assert abs(other / S - 1) > 10 * abs(std / S - 1)
+
+
+def test_eps_moments_estimate_matches_the_closed_form():
+    """4096 reference images of 16 Gaussian pixels: Gamma_t within 2% of b^2 / (a^2 s^2 + b^2)."""
+    schedule = NoiseSchedule(1000)
+    model = GaussianOracle(schedule)
+    images = MU + S * torch.randn((4096, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+    options = SampleConfig(sampler="ddpm", steps=10, batch_size=1024, seed=3, ddpm_variance="analytic")
+    estimate = estimate_eps_moments(model, schedule, options, Reference(images))
+    torch.testing.assert_close(torch.tensor(estimate), torch.tensor(exact_eps_moments(schedule, 10)), rtol=0.02, atol=0)
+    assert estimate == estimate_eps_moments(model, schedule, options, Reference(images))  # seeded
+
+
+def test_reference_draw_picks_images_and_their_labels_in_minus_one_to_one():
+    images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 1) * 6
+    labels = np.arange(10) * 10
+    reference = Reference.draw(images, labels, 4, seed=0)
+    assert reference.images.shape == (4, 1, 2, 2) and reference.images.min() >= -1 and reference.images.max() <= 1
+    chosen = (reference.labels // 10).tolist()
+    assert len(set(chosen)) == 4
+    torch.testing.assert_close(reference.images[0, 0], torch.from_numpy(images[chosen[0], :, :, 0]).float() / 127.5 - 1)
+    assert len(Reference.draw(images, None, 50, seed=0).images) == 10  # all, when fewer than asked
+
+
+def test_analytic_variance_needs_its_moments():
+    schedule = NoiseSchedule(100)
+    with pytest.raises(ValueError, match="needs one eps moment per step"):
+        generate(GaussianOracle(schedule), schedule, 2, sampler="ddpm", steps=4, ddpm_variance="analytic")
 
 
 @pytest.mark.parametrize("case", [("ddpm", 50, 0.0, "beta_tilde"), ("ddim", 20, 0.5, "beta"), ("dpm++", 15, 0.0, "beta"),
