@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,9 @@ class LoadedModel:
     weights: str  # "ema" or "model", or "imported" for weights from a diffusers folder or the Hub
     source: str = ""  # where the weights came from: the checkpoint, folder, or Hub id with its commit
     name: str | None = None  # a short name of imported weights (their default output folder)
+
+
+POSTHOC_FIT_WARNING = 0.1  # the digits runs fit lengths 0.05-0.25 within 4%, 0.28 to 14% (docs/results.md#post-hoc-ema-length)
 
 
 def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
@@ -116,7 +120,10 @@ def load_model(
             raise CheckpointError(
                 f"{resolved.source}: imported weights are a single set; post-hoc EMA needs a run trained with train.posthoc_ema"
             )
-        weights, _ = reconstruct(path.parent.parent, int(state["step"]), float(ema_length))
+        weights, fit = reconstruct(path.parent.parent, int(state["step"]), float(ema_length))
+        if fit.relative_error > POSTHOC_FIT_WARNING:
+            print(f"warning: the post-hoc EMA snapshots fit an EMA of length {float(ema_length):g} only to"
+                  f" {fit.relative_error:.0%} (relative L2 error of its profile)", file=sys.stderr)
         key = f"post-hoc EMA {float(ema_length):g}"
     else:
         weights = state.get(key)

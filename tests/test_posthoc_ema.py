@@ -142,7 +142,7 @@ def test_reconstruction_errors_name_the_folder_and_what_is_missing(tmp_path):
 POSTHOC = ["train.posthoc_ema=[0.05,0.1]", "train.posthoc_every=3", "train.checkpoint_every=4"]
 
 
-def test_training_keeps_snapshots_and_inference_rebuilds_any_length(tmp_path):
+def test_training_keeps_snapshots_and_inference_rebuilds_any_length(tmp_path, capsys):
     run = train(tiny(tmp_path, *POSTHOC, "train.steps=10", "train.ema_decay=0.5"))
     names = [p.name for p in snapshots_until(run, 10)]
     assert names == [f"step_{s:07d}.pt" for s in (3, 4, 6, 8, 9, 10)]  # every 3 steps and at every checkpoint
@@ -160,6 +160,9 @@ def test_training_keeps_snapshots_and_inference_rebuilds_any_length(tmp_path):
     narrow = snapshot["weights"][1]  # 0.1 is stored: rebuilt as itself
     for name, value in rebuilt.model.state_dict().items():
         torch.testing.assert_close(value, narrow[name].to(value.dtype), atol=1e-5, rtol=1e-4)
+    assert "warning" not in capsys.readouterr().err
+    load_model(run, ema_length=0.01)  # far narrower than the stored profiles: a warning
+    assert "fit an EMA of length 0.01 only to" in capsys.readouterr().err
     other = load_model(run, ema_length=0.2).model.state_dict()
     assert not torch.allclose(other["conv_in.weight"], narrow["conv_in.weight"], atol=1e-4)
 
