@@ -131,7 +131,7 @@ def claim_run_folder(run_dir: Path, new: bool) -> Any:
         if has_checkpoints(run_dir):
             lock.close()
             raise _exists(run_dir)
-        for leftover in ("tensorboard", "samples"):  # of the start that failed before its first checkpoint
+        for leftover in ("tensorboard", "samples", "posthoc"):  # of the start that failed before its first checkpoint
             shutil.rmtree(run_dir / leftover, ignore_errors=True)
     return lock
 
@@ -388,8 +388,10 @@ class Trainer:
     def _snapshot(self) -> None:
         """Rank zero: the post-hoc EMA snapshot of this step, unless this run wrote it already
         (one a stopped run wrote beyond its last checkpoint is overwritten on resume)."""
-        if self.posthoc and self.env.is_main and self.ema.updates and self.snapshot_step != self.step:
-            write_snapshot(self.run_dir, self.step, self.posthoc)
+        if self.posthoc and self.ema.updates and self.snapshot_step != self.step:
+            self._check_finite()  # every rank: it may all-reduce
+            if self.env.is_main:
+                write_snapshot(self.run_dir, self.step, self.posthoc)
             self.snapshot_step = self.step
 
     def _prepare_run_folder(self) -> None:

@@ -31,7 +31,7 @@ from diffusion.posthoc_ema import (
     snapshots_until,
     write_snapshot,
 )
-from diffusion.trainer import train
+from diffusion.trainer import NonFiniteLossError, train
 
 
 class Vector(nn.Module):
@@ -216,6 +216,25 @@ def test_resuming_needs_the_same_profiles(tmp_path):
     run = train(tiny(tmp_path, *POSTHOC, "train.steps=2", run="with"))
     with pytest.raises(CheckpointError, match=r"trained with train.posthoc_ema=\[0.05, 0.1\] but the config says \[0.1\]"):
         train(tiny(tmp_path, "train.posthoc_ema=[0.1]", "train.steps=3", run="with"), resume=run)
+
+
+def test_snapshots_of_a_start_that_wrote_no_checkpoint_are_cleared_when_it_is_rerun(tmp_path):
+    """A run killed after its first snapshots but before its first checkpoint leaves snapshots
+    that a rerun in the same folder must not mix with its own."""
+    run = train(tiny(tmp_path, *POSTHOC, "train.steps=3", "train.seed=5"))
+    for checkpoint in (run / "checkpoints").glob("*.pt"):
+        checkpoint.unlink()  # as if killed before its first checkpoint
+    stale = torch.load(run / "posthoc" / "step_0000003.pt", weights_only=True)
+    train(tiny(tmp_path, *POSTHOC, "train.steps=2"))
+    assert [p.name for p in snapshots_until(run, 10)] == ["step_0000002.pt"]
+    fresh = torch.load(run / "posthoc" / "step_0000002.pt", weights_only=True)
+    assert not torch.equal(fresh["weights"][0]["conv_in.weight"], stale["weights"][0]["conv_in.weight"])
+
+
+def test_a_diverged_run_writes_no_snapshot_of_its_non_finite_weights(tmp_path):
+    with pytest.raises(NonFiniteLossError):
+        train(tiny(tmp_path, *POSTHOC, "train.steps=4", "train.lr=1e30", "train.warmup_steps=0", "log.log_every=10"))
+    assert not list((tmp_path / "Models" / "run" / "posthoc").glob("*.pt"))
 
 
 def test_bad_posthoc_settings_are_refused(tmp_path):
