@@ -50,11 +50,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def torch_load_safely(path: Path, map_location: str | torch.device = "cpu") -> Any:
+def torch_load_safely(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``: a pickle that would run code, or a truncated or
-    foreign file, raises a one-line :class:`CheckpointError`."""
+    foreign file, raises a one-line :class:`CheckpointError`. ``mmap``: tensors are read from
+    the file only when used."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
         if "weights_only" in str(err) or "Unsupported" in str(err):
@@ -65,13 +66,13 @@ def torch_load_safely(path: Path, map_location: str | torch.device = "cpu") -> A
         raise CheckpointError(f"{path}: not a checkpoint, or truncated/corrupt ({first})") from None
 
 
-def load_saved(path: Path, map_location: str | torch.device = "cpu") -> Any:
+def load_saved(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """A file this project wrote with ``torch.save`` (a zip archive), loaded safely."""
     if path.is_file() and not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path}: not a checkpoint, or a truncated one (torch.save writes a zip archive; this file is not a complete one)"
         )
-    return torch_load_safely(path, map_location)
+    return torch_load_safely(path, map_location, mmap)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,14 +9,13 @@ thing has the same name and the same check everywhere: ``--config`` (alias ``--p
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from diffusion.errors import UserError
-from diffusion.posthoc_ema import MAX_SIGMA_REL
+from diffusion.errors import ConfigError, UserError
+from diffusion.posthoc_ema import MAX_SIGMA_REL, gamma_from_sigma_rel
 
 CONFIGS = Path(__file__).resolve().parents[1] / "Configs"  # the presets shipped with the repository
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
@@ -52,10 +51,11 @@ def ema_length(text: str) -> float | Literal["config"] | None:
         return None if word == "none" else "config"
     try:
         value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 < value <= MAX_SIGMA_REL:
-        raise argparse.ArgumentTypeError(f"expected a relative EMA length in (0, {MAX_SIGMA_REL:.4f}] or 'none', got '{text}'")
+        gamma_from_sigma_rel(value)  # the range check of train.posthoc_ema and sample.ema_length
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(
+            f"expected a relative EMA length in (0, {MAX_SIGMA_REL:.4f}] or 'none', got '{text}'"
+        ) from None
     return value
 
 

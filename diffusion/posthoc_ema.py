@@ -115,6 +115,8 @@ def reconstruct(run_dir: Path, step: int, sigma_rel: float) -> tuple[dict[str, t
             f"{run_dir / SNAPSHOT_FOLDER}: no post-hoc EMA snapshot of step {step}{have}; a run keeps them when"
             " trained with train.posthoc_ema, e.g. [0.05, 0.1]"
         )
+    # Memory-mapped: only the metadata is read here, and one snapshot's tensors at a time below,
+    # so a long run's snapshots (hundreds of MB each for a large model) never sit in memory at once.
     snapshots = [_read_snapshot(path) for path in paths]
     profiles = [(s["updates"], g) for s in snapshots for g in s["gammas"]]
     fit = fit_profile(profiles, (snapshots[-1]["updates"], gamma))
@@ -135,7 +137,7 @@ def reconstruct(run_dir: Path, step: int, sigma_rel: float) -> tuple[dict[str, t
 
 
 def _read_snapshot(path: Path) -> dict:
-    state = load_saved(path)
+    state = load_saved(path, mmap=True)
     if not isinstance(state, dict) or not {"updates", "gammas", "weights"} <= state.keys():
         raise CheckpointError(f"{path}: not a post-hoc EMA snapshot (expected the keys updates, gammas, weights)")
     if state["updates"] < 1:

@@ -306,15 +306,17 @@ def estimate_eps_moments(
     generator = torch.Generator(device).manual_seed(options.seed)
     was_training = model.training
     model.eval()
+    batches = []  # (x0, its denoiser), made once for every timestep
+    for start in range(0, len(reference.images), options.batch_size):
+        x0 = reference.images[start : start + options.batch_size].to(device)
+        labels = reference.labels[start : start + len(x0)].to(device) if reference.labels is not None else None
+        batches.append((x0, make_denoiser(model, schedule, False, autocast_dtype, labels, options.guidance_scale)))
     moments = []
     try:
         for t in timestep_sequence(schedule.timesteps, options.steps):
             ab = float(schedule.alpha_bar[t])
             total = 0.0
-            for start in range(0, len(reference.images), options.batch_size):
-                x0 = reference.images[start : start + options.batch_size].to(device)
-                labels = reference.labels[start : start + len(x0)].to(device) if reference.labels is not None else None
-                denoise = make_denoiser(model, schedule, False, autocast_dtype, labels, options.guidance_scale)
+            for x0, denoise in batches:
                 z = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
                 _, eps = denoise(math.sqrt(ab) * x0 + math.sqrt(1 - ab) * z, t)
                 total += eps.double().square().sum().item()

@@ -437,6 +437,10 @@ def test_analytic_variance_is_estimated_from_the_training_data(tiny_run, tmp_pat
     assert record["ddpm_variance"] == "analytic" and len(record["eps_moments"]) == 4
     assert all(0 < m < 2 for m in record["eps_moments"])
     assert prepare_dataset(from_dict(state["config"]).data).shape[1:] == (8, 8, 1)  # the data it read
+    state["config"]["sample"]["analytic_images"] = 9
+    save_checkpoint(state, tmp_path / "more.pt")
+    more = sample(tmp_path / "more.pt", tmp_path / "c", "--video", "none", "--steps", "4")
+    assert more["analytic_images"] == 9 and more["eps_moments"] != record["eps_moments"]  # a larger reference set
     state["config"]["sample"]["ddpm_variance"] = "beta_tilde"
     save_checkpoint(state, tmp_path / "small.pt")
     other = sample(tmp_path / "small.pt", tmp_path / "b", "--video", "none", "--steps", "4")
