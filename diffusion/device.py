@@ -51,6 +51,15 @@ def cpu_has_bf16() -> bool:
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def cpu_sampling_layout(dtype: torch.dtype | None) -> torch.memory_format:
+    """The weight layout a CPU samples fastest in under autocast ``dtype`` (None: fp32):
+    channels-last in fp32 and, on AMX, in bf16; contiguous in reduced precision without AMX,
+    where oneDNN's channels-last bf16 kernels were slower (docs/results.md#channels-last-sampling-on-cpu)."""
+    if dtype is None or torch.cpu._is_amx_tile_supported():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def autocast_dtype(
     precision: str, device: torch.device, what: str = "precision", sampling: bool = False
 ) -> torch.dtype | None:

@@ -26,7 +26,7 @@ from diffusion.checkpoint import load_checkpoint
 from diffusion.conditioning import Conditions, sampling_conditions
 from diffusion.config import Config, SampleConfig, check_sampling, from_dict
 from diffusion.data import prepare_dataset, prepare_labeled_dataset
-from diffusion.device import autocast_dtype, compile_network, precision_name
+from diffusion.device import autocast_dtype, compile_network, cpu_sampling_layout, precision_name
 from diffusion.errors import CheckpointError, ConfigError, UserError
 from diffusion.media import image_grid, save_animation, save_png, to_uint8
 from diffusion.posthoc_ema import reconstruct
@@ -38,6 +38,7 @@ from diffusion.samplers import (
     estimate_eps_moments,
     generate_from,
     timestep_sequence,
+    uses_channels_last,
 )
 from diffusion.schedule import NoiseSchedule
 from models import UNet, build_model
@@ -103,8 +104,9 @@ def load_model(
 
     The file is loaded with ``weights_only=True``; a missing, foreign, truncated or unsafe file,
     or weights that do not fit the model the stored config describes, raise a one-line
-    :class:`CheckpointError`. The weights are stored channels-last when the run trained so, and
-    always on the CPU, where that makes sampling faster (docs/results.md#channels-last-sampling-on-cpu).
+    :class:`CheckpointError`. On a GPU the weights are laid out as the run trained; on the CPU
+    channels-last, faster for fp32 sampling (:func:`~diffusion.device.cpu_sampling_layout`;
+    :func:`write_samples` lays them out for its precision).
     """
     resolved = resolve(checkpoint)
     path = resolved.path
@@ -142,7 +144,9 @@ def load_model(
             f"{path}: the '{key}' weights do not match the model its config describes: {detail}"
         ) from None
     model = model.to(device).eval()
-    if config.train.channels_last or torch.device(device).type == "cpu":
+    if torch.device(device).type == "cpu":
+        model = model.to(memory_format=cpu_sampling_layout(None))
+    elif config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     schedule = NoiseSchedule.from_config(config.diffusion).to(device)
     kind = "imported" if resolved.name else key
@@ -259,6 +263,8 @@ def write_samples(
     nrow = conditions.row_length if conditions is not None else None
     device = next(loaded.model.parameters()).device
     dtype = autocast_dtype(precision, device, sampling=True)
+    if device.type == "cpu":
+        loaded.model.to(memory_format=cpu_sampling_layout(dtype))
     started = time.perf_counter()
     model = compile_network(loaded.model, device) if compile else loaded.model
     moments = analytic_moments(model, loaded.schedule, loaded.config, options, dtype)
@@ -309,6 +315,7 @@ def write_samples(
         **(conditions.record if conditions is not None else {}),
         **({"eps_moments": moments} if moments is not None else {}),
         "precision": precision_name(dtype),
+        "channels_last": uses_channels_last(loaded.model),
         "compiled": compile,
         "device": str(device),
         "sampling_seconds": round(sampling_seconds, 3),

@@ -17,6 +17,7 @@ from diffusion.device import (
     autocast_dtype,
     compile_network,
     cpu_has_bf16,
+    cpu_sampling_layout,
     precision_name,
     resolve_device,
     tune_host_allocator,
@@ -90,6 +91,13 @@ def test_auto_samples_in_bf16_on_cpus_with_native_bf16_and_trains_in_fp32(native
     assert autocast_dtype("auto", cpu, sampling=True) == (torch.bfloat16 if native else None)
     assert autocast_dtype("auto", cpu) is None  # training
     assert autocast_dtype("fp32", cpu, sampling=True) is None  # an explicit precision wins
+
+
+def test_cpu_sampling_layout_is_channels_last_in_fp32_and_on_amx(monkeypatch):
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert cpu_sampling_layout(None) == torch.channels_last
+        assert cpu_sampling_layout(torch.bfloat16) == (torch.channels_last if amx else torch.contiguous_format)
 
 
 MALLINFO2 = (  # glibc >= 2.33: struct mallinfo2 has ten size_t fields; hblkhd is the 5th

@@ -155,17 +155,23 @@ def test_flags_override_the_config(tiny_run, tmp_path, monkeypatch):
     assert dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
-def test_auto_precision_samples_in_bf16_only_on_cpus_with_native_bf16(native, expected, tiny_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("native", "amx", "expected", "channels_last"),
+                         [(True, True, "bf16", True), (True, False, "bf16", False), (False, False, "fp32", True)])
+def test_auto_precision_samples_in_bf16_only_on_cpus_with_native_bf16(
+    native, amx, expected, channels_last, tiny_run, tmp_path, monkeypatch
+):
+    """bf16 where the CPU has it; channels-last weights in fp32 and on AMX, contiguous otherwise."""
     monkeypatch.setattr(diffusion.device, "cpu_has_bf16", lambda: native)
-    autocasts = []
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    seen = []
     real_generate = diffusion.generate.generate_from
-    monkeypatch.setattr(diffusion.generate, "generate_from",
-                        lambda *a, **kw: autocasts.append(kw["autocast_dtype"]) or real_generate(*a, **kw))
+    monkeypatch.setattr(diffusion.generate, "generate_from", lambda model, *a, **kw: seen.append(
+        (kw["autocast_dtype"], uses_channels_last(model))) or real_generate(model, *a, **kw))
     record = sample(tiny_run, tmp_path / "out", "--video", "none", "--num-samples", "2")
-    assert record["precision"] == expected
-    assert autocasts == [torch.bfloat16 if native else None]
-    assert sample(tiny_run, tmp_path / "fp32", "--video", "none", "--num-samples", "2", "--precision", "fp32")["precision"] == "fp32"
+    assert (record["precision"], record["channels_last"]) == (expected, channels_last)
+    assert seen == [(torch.bfloat16 if native else None, channels_last)]
+    fp32 = sample(tiny_run, tmp_path / "fp32", "--video", "none", "--num-samples", "2", "--precision", "fp32")
+    assert (fp32["precision"], fp32["channels_last"]) == ("fp32", True)
 
 
 def test_threads_flag_sets_the_torch_threads(tiny_run, tmp_path):
