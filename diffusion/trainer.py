@@ -419,13 +419,17 @@ class Trainer:
             with self._stop_on_signals():
                 self._loop()
         finally:
-            self.batches.close()
-            if self.writer is not None:
-                self.writer.close()
-            if self.lock is not None:
-                self.lock.close()
-            self.env.close()
+            self.close()
         return self.run_dir
+
+    def close(self) -> None:
+        """Stop the data loader, close the logs and the run folder's lock, leave the process group."""
+        self.batches.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.lock is not None:
+            self.lock.close()
+        self.env.close()
 
     def _loop(self) -> None:
         t, log = self.cfg.train, self.cfg.log
@@ -436,7 +440,7 @@ class Trainer:
         self.bar = tqdm(total=t.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not self.env.is_main)
         try:
             while self.step < t.steps:
-                self._train_step()
+                self.train_step()
                 self.bar.update()
                 stop = self.env.any(self.stop_requested)
                 done = stop or self.step == t.steps
@@ -462,7 +466,8 @@ class Trainer:
             f" {images / elapsed:.0f} img/s), final loss {self.last_loss:.4f}; run folder {self.run_dir}"
         )
 
-    def _train_step(self) -> None:
+    def train_step(self) -> None:
+        """One optimizer step (``train.grad_accum`` micro-batches), its EMA updates and bookkeeping."""
         t = self.cfg.train
         lr = learning_rate(self.step + 1, t)
         for group in self.optimizer.param_groups:

@@ -27,6 +27,7 @@ from benchmarks import (
     bench_import,
     bench_models,
     bench_sampling,
+    bench_train_step,
     cpu_bf16,
     digits_quality,
     profile_step,
@@ -259,7 +260,7 @@ def test_sampling_benchmark_extrapolates_from_a_few_steps(tmp_path, capsys, monk
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump(TINY))
     bench_sampling.main(["--config", str(preset), "--threads", "1", "--num-samples", "3", "--max-steps", "2",
-                         "--channels-last"])
+                         "--channels-last", "--precision", "fp32"])  # auto would be bf16 on a CPU that has it
     out = capsys.readouterr().out
     kept = ", freed host memory kept" if platform.libc_ver()[0] == "glibc" else ""
     assert out.startswith(f"3 images, cpu, fp32, 1 thread(s), channels-last{kept}\n")
@@ -332,6 +333,22 @@ def test_data_benchmark_needs_a_batch_of_images_and_a_thread():
         bench_data.main(["--images", "8", "--batch-size", "16"])
     with pytest.raises(UserError, match="argument --threads: expected a positive integer, got 0"):
         bench_data.main(["--threads", "0"])
+
+
+def test_train_step_benchmark_times_each_variant_and_its_steps_at_equal_time(tmp_path, capsys):
+    small = "train.batch_size=4 train.steps=100 log.sample_every=0"
+    variants = [small, f"{small} model.base_channels=8 model.norm_groups=4 model.attention_resolutions=[]"]
+    bench_train_step.main(["--config", "digits", "--threads", "1", "--rounds", "2", "--steps", "1",
+                           "--root", str(tmp_path), "--variants", *variants])
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| train.")]
+    assert [r[0] for r in rows] == variants
+    assert all(len(r[2].split()) == 2 for r in rows)  # one time per round
+    assert rows[0][3:] == ["1.00", "100"]
+    assert abs(int(rows[1][4]) - 100 * float(rows[1][3])) <= 1  # 100 steps times its speed (both rounded)
+    assert list(tmp_path.iterdir()) == [tmp_path / "cache"]  # the data cache; the runs were temporary
+    with pytest.raises(UserError, match="model.base_channels"):
+        bench_train_step.main(["--root", str(tmp_path), "--variants", "model.base_channels=many"])
 
 
 def digits_run(repo_root, tmp_path, *overrides: str):
