@@ -1,7 +1,7 @@
 """Training step time of variants of one config: what trading width, depth or batch size for
 steps at a fixed training time allows (docs/results.md#width-and-attention-at-fixed-training-time).
 
-Each variant is the config plus space-separated ``section.key=value`` overrides ('' for none),
+Each variant is the config plus ``section.key=value`` overrides split as a shell would ('' for none),
 built as a whole :class:`~diffusion.trainer.Trainer` (data loader, loss, backward, AdamW, EMA:
 everything a step of ``train.py`` does) in this process, without starting a run. Rounds
 alternate the variants so that background load hits all alike; each round times ``--steps``
@@ -14,6 +14,7 @@ against the first variant, and the steps that take the first variant's ``train.s
 
 from __future__ import annotations
 
+import shlex
 import statistics
 import tempfile
 import time
@@ -37,7 +38,7 @@ def step_times(config: str, variants: list[str], rounds: int, steps: int, root: 
     """Milliseconds per step of each variant, one entry per round."""
     with tempfile.TemporaryDirectory(prefix="bench-train-step-") as logs:
         trainers = [
-            Trainer(load_config(config, [*variant.split(), f"log.root={logs}", f"log.run_name=variant{i}", f"data.root={root}"]))
+            Trainer(load_config(config, [*shlex.split(variant), f"log.root={logs}", f"log.run_name=variant{i}", f"data.root={root}"]))
             for i, variant in enumerate(variants)
         ]
         times: list[list[float]] = [[] for _ in variants]
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_path(args.config)
     times = step_times(str(config), args.variants, args.rounds, args.steps, args.root)
     first = statistics.median(times[0])
-    first_steps = load_config(config, args.variants[0].split()).train.steps
+    first_steps = load_config(config, shlex.split(args.variants[0])).train.steps
     print(f"{config.name}, {args.rounds} rounds of {args.steps} steps")
     print("| variant | ms/step | rounds | x first | steps in the first's time |")
     print("| --- | --- | --- | --- | --- |")
