@@ -25,8 +25,10 @@ from diffusion.cli import (
     Parser,
     add_device_flag,
     add_ema_length_flag,
+    add_guidance_flag,
     add_threads_flag,
     check_ema_flags,
+    check_guidance_flag,
     positive_int,
     set_threads,
 )
@@ -93,11 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--attributes", metavar="NAME=0|1,...",
         help="attribute model: e.g. Smiling=1,Eyeglasses=0; attributes not listed are left unconditioned",
     )
-    p.add_argument(
-        "--guidance-scale", type=float, metavar="S",
-        help="classifier-free guidance: eps_uncond + S (eps_cond - eps_uncond); 1 plain conditional,"
-        " 0 unconditional (default: sample.guidance_scale)",
-    )
+    add_guidance_flag(p)
     p.add_argument(
         "--fid", action="store_true",
         help="also compute FID and KID of the samples against the training data; needs the 'fid' extra;"
@@ -125,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "guidance_scale": args.guidance_scale,
     }
     options = dataclasses.replace(loaded.config.sample, **{k: v for k, v in overrides.items() if v is not None})
-    if args.guidance_scale is not None and not loaded.config.conditional:
-        raise UserError("--guidance-scale: the model is unconditional; guidance needs a model trained with labels")
+    check_guidance_flag(args.guidance_scale, loaded.config.conditional)
     if args.fid and loaded.config.conditional and args.classes is None and args.attributes is None:
         conditions = data_conditions(loaded.config, options.num_samples, options.seed)
     else:

@@ -8,11 +8,11 @@ Data/cache/) a small CNN classifier on the bundled digits and measures, over N s
 * the share of samples the classifier labels with >= 90% confidence (legible digits).
 
 A class-conditional model samples labels drawn from the training labels (so the samples follow
-the data's class mix, as FID expects) at the checkpoint's ``sample.guidance_scale``.
+the data's class mix, as FID expects) at the checkpoint's ``sample.guidance_scale`` or ``--guidance-scale``.
 
     python benchmarks/digits_quality.py --checkpoint Models/<run> [--samplers ddpm ddim:50 dpm++:20]
                                         [--num-samples 500] [--real-subsets 3] [--threads N]
-                                        [--no-ema | --ema-length none 0.05 0.1 0.2]
+                                        [--no-ema | --ema-length none 0.05 0.1 0.2] [--guidance-scale S]
 
 The floor is the FID of real images: with ``--real-subsets K`` it is averaged over K disjoint
 random sets of ``--num-samples`` training images; without ``--checkpoint`` only it is printed.
@@ -34,8 +34,10 @@ from torch import nn
 from diffusion.cli import (
     Parser,
     add_ema_length_flag,
+    add_guidance_flag,
     add_threads_flag,
     check_ema_flags,
+    check_guidance_flag,
     positive_int,
     set_threads,
 )
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="Data", help="data root: the digits cache and the classifier live under it")
     parser.add_argument("--no-ema", action="store_true", help="score the raw weights instead of the EMA weights")
     add_ema_length_flag(parser, multiple=True)
+    add_guidance_flag(parser)
     add_threads_flag(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -196,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.data.source != "digits" or cfg.model.image_size != 16 or cfg.model.in_channels != 1:
             raise UserError(f"{models[0].path}: not a 16x16 digits model (data.source {cfg.data.source!r}, "
                             f"{cfg.model.in_channels} channel(s) at {cfg.model.image_size}x{cfg.model.image_size})")
+        check_guidance_flag(args.guidance_scale, cfg.conditional)
+        if args.guidance_scale is not None:
+            cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, guidance_scale=args.guidance_scale))
         options = [sampler_options(spec, cfg.sample, args.num_samples, args.seed) for spec in args.samplers]
     classifier = trained_classifier(args.root)
     real, real_labels = digits_data(args.root)

@@ -110,6 +110,21 @@ def add_threads_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def add_guidance_flag(parser: argparse.ArgumentParser) -> None:
+    """``--guidance-scale``, checked against the model by :func:`check_guidance_flag`."""
+    parser.add_argument(
+        "--guidance-scale", type=float, metavar="S",
+        help="classifier-free guidance: eps_uncond + S (eps_cond - eps_uncond); 1 plain conditional,"
+        " 0 unconditional (default: sample.guidance_scale)",
+    )
+
+
+def check_guidance_flag(scale: float | None, conditional: bool) -> None:
+    """``--guidance-scale`` needs a model trained with labels."""
+    if scale is not None and not conditional:
+        raise UserError("--guidance-scale: the model is unconditional; guidance needs a model trained with labels")
+
+
 def set_threads(threads: int | None) -> None:
     """Apply ``--threads`` where given."""
     if threads is not None:

@@ -390,11 +390,12 @@ def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys, 
 @pytest.mark.slow
 def test_digits_quality_samples_a_class_model_in_the_data_class_mix(repo_root, tmp_path, capsys, monkeypatch):
     run = digits_run(repo_root, tmp_path, "model.num_classes=10", "sample.guidance_scale=2")
-    asked = []
+    asked, scales = [], []
 
-    def spy(*args, **kwargs):
+    def spy(model, schedule, options, **kwargs):
         asked.append(kwargs["labels"])
-        return generate_from(*args, **kwargs)
+        scales.append(options.guidance_scale)
+        return generate_from(model, schedule, options, **kwargs)
 
     monkeypatch.setattr(digits_quality, "generate_from", spy)
     assert digits_quality.main(["--checkpoint", str(run), "--samplers", "ddim:2", "--num-samples", "200",
@@ -402,6 +403,12 @@ def test_digits_quality_samples_a_class_model_in_the_data_class_mix(repo_root, t
     assert "class-conditional: labels drawn from the training data, guidance scale 2.0" in capsys.readouterr().out
     counts = torch.bincount(asked[0], minlength=10)
     assert len(asked[0]) == 200 and counts.min() >= 8 and counts.max() <= 35  # about 20 per digit, as in the data
+    assert digits_quality.main(["--checkpoint", str(run), "--samplers", "ddim:2", "--num-samples", "20",
+                                "--root", str(tmp_path / "Data"), "--guidance-scale", "0.5"]) == 0
+    assert "guidance scale 0.5" in capsys.readouterr().out and scales == [2.0, 0.5]
+    plain = digits_run(repo_root, tmp_path / "plain", "model.num_classes=0")
+    with pytest.raises(UserError, match="--guidance-scale: the model is unconditional"):
+        digits_quality.main(["--checkpoint", str(plain), "--guidance-scale", "2"])
 
 
 def test_the_digit_classifier_depends_only_on_its_seed(tmp_path):
