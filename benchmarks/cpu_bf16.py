@@ -110,7 +110,7 @@ def sample_quality(
     run_dir: Path, precision: str, num_samples: int, emulate: bool, classifier: DigitClassifier, real: torch.Tensor,
 ) -> dict[str, float]:
     loaded = load_model(run_dir)
-    options = sampler_options("default", loaded.config.sample, num_samples, seed=1)
+    options = sampler_options("default", loaded.config.sample, num_samples, seed=1, timesteps=loaded.schedule.timesteps)
     dtype = torch.bfloat16 if precision == "bf16" else None
     with bf16_kernels(precision, emulate):
         samples = generate_from(loaded.model, loaded.schedule, options, autocast_dtype=dtype)

@@ -42,7 +42,7 @@ from diffusion.cli import (
     set_threads,
 )
 from diffusion.conditioning import data_distribution
-from diffusion.config import SampleConfig
+from diffusion.config import SampleConfig, check_sampling
 from diffusion.data import prepare_dataset
 from diffusion.errors import UserError, run_cli
 from diffusion.fid import compare_image_sets
@@ -149,19 +149,22 @@ def quality(classifier: DigitClassifier, samples: torch.Tensor, real: torch.Tens
     }
 
 
-def sampler_options(spec: str, sample: SampleConfig, num_samples: int, seed: int) -> SampleConfig:
+def sampler_options(spec: str, sample: SampleConfig, num_samples: int, seed: int, timesteps: int) -> SampleConfig:
     """``sampler[:steps[:ddpm_variance]]`` as sampling options (``ddpm:25:analytic``); ``default``
-    is the checkpoint's own sampler, and every option not named comes from its ``sample`` section."""
+    is the checkpoint's own sampler, and every option not named comes from its ``sample`` section.
+    The options pass the sampling check against the model's T (``timesteps``)."""
     name, _, rest = spec.partition(":")
     steps, _, variance = rest.partition(":")
     sampler = sample.sampler if name == "default" else name
     if sampler not in SAMPLERS or (steps and not steps.isdigit()) or (variance and variance not in DDPM_VARIANCES):
         raise UserError(f"--samplers: expected default or {', '.join(SAMPLERS)}, optionally :STEPS and"
                         f" :{'|'.join(DDPM_VARIANCES)}, got '{spec}'")
-    return dataclasses.replace(
+    options = dataclasses.replace(
         sample, sampler=sampler, steps=int(steps) if steps else sample.steps, num_samples=num_samples, seed=seed,
         batch_size=250, ddpm_variance=variance or sample.ddpm_variance,
     )
+    check_sampling(options, timesteps, f"--samplers '{spec}'")
+    return options
 
 
 def real_floor(classifier: DigitClassifier, real: torch.Tensor, size: int, subsets: int, seed: int) -> list[float]:
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         check_guidance_flag(args.guidance_scale, cfg.conditional)
         if args.guidance_scale is not None:
             cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, guidance_scale=args.guidance_scale))
-        options = [sampler_options(spec, cfg.sample, args.num_samples, args.seed) for spec in args.samplers]
+        options = [sampler_options(spec, cfg.sample, args.num_samples, args.seed, cfg.diffusion.timesteps)
+                   for spec in args.samplers]
     classifier = trained_classifier(args.root)
     real, real_labels = digits_data(args.root)
     floor = real_floor(classifier, real, args.num_samples, args.real_subsets, args.seed)

@@ -366,6 +366,8 @@ def test_digits_quality_scores_a_digits_checkpoint(repo_root, tmp_path, capsys, 
         digits_quality.main(["--checkpoint", str(run), "--samplers", "euler"])
     with pytest.raises(UserError, match=re.escape(":beta|beta_tilde|analytic, got 'ddpm:2:wide'")):
         digits_quality.main(["--checkpoint", str(run), "--samplers", "ddpm:2:wide"])
+    with pytest.raises(UserError, match=re.escape("--samplers 'ddpm:2000': sample.steps: 2000 is more than diffusion.timesteps")):
+        digits_quality.main(["--checkpoint", str(run), "--samplers", "ddpm:2000"])
     assert digits_quality.main(["--checkpoint", str(run), "--samplers", "default", "default:2", "dpm++:2",
                                 "ddpm:2:analytic", "--num-samples", "12", "--root", str(tmp_path / "Data")]) == 0
     out = capsys.readouterr().out
