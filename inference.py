@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fid", action="store_true",
         help="also compute FID and KID of the samples against the training data; needs the 'fid' extra;"
         " use >= 10000 samples for unbiased numbers; a conditional model without --classes/--attributes"
-        " samples labels drawn from the training data",
+        " samples labels in the training data's proportions",
     )
     p.add_argument(
         "--fid-data", choices=DATA_SOURCES,

@@ -7,21 +7,29 @@ Data/cache/) a small CNN classifier on the bundled digits and measures, over N s
 * the predicted-class histogram (all ten digits should appear, about 10% each);
 * the share of samples the classifier labels with >= 90% confidence (legible digits).
 
-A class-conditional model samples labels drawn from the training labels (so the samples follow
-the data's class mix, as FID expects) at the checkpoint's ``sample.guidance_scale`` or ``--guidance-scale``.
+A class-conditional model samples labels in the training data's class proportions
+(``--labels stratified``; ``drawn``: drawn independently, as before) at the checkpoint's
+``sample.guidance_scale`` or ``--guidance-scale``.
 
     python benchmarks/digits_quality.py --checkpoint Models/<run> [--samplers ddpm ddim:50 dpm++:20]
-                                        [--num-samples 500] [--real-subsets 3] [--threads N]
+                                        [--num-samples 500] [--real-subsets 3] [--perfect-draws 20]
+                                        [--labels stratified|drawn] [--threads N]
                                         [--no-ema | --ema-length none 0.05 0.1 0.2] [--guidance-scale S]
 
-The floor is the FID of real images: with ``--real-subsets K`` it is averaged over K disjoint
-random sets of ``--num-samples`` training images; without ``--checkpoint`` only it is printed.
+Two references, both scored like the samples: real vs real, averaged over ``--real-subsets K``
+disjoint random sets of ``--num-samples`` training images (0: skipped), and a perfect model of
+the training data: ``--perfect-draws`` sets of training images drawn i.i.d. as the samples are
+(one of each sample's class), whose mean FID is what a model that reproduces its training data
+exactly scores. The disjoint sets score lower than any model can expect
+(docs/results.md#the-floor-and-the-label-draw); each FID's ratio to the perfect model is printed.
+Without ``--checkpoint`` only the references are printed.
 ``--ema-length`` scores the post-hoc EMA of each listed width (a row each; 'none': the
 ``train.ema_decay`` weights) of a run trained with ``train.posthoc_ema``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -38,6 +46,7 @@ from diffusion.cli import (
     add_threads_flag,
     check_ema_flags,
     check_guidance_flag,
+    non_negative_int,
     positive_int,
     set_threads,
 )
@@ -167,9 +176,40 @@ def sampler_options(spec: str, sample: SampleConfig, num_samples: int, seed: int
     return options
 
 
+def perfect_model(classifier: DigitClassifier, real: torch.Tensor, real_labels: torch.Tensor, labels: torch.Tensor | None,
+                  size: int, draws: int, seed: int) -> list[float]:
+    """FID of ``draws`` sets of ``size`` training images drawn i.i.d. (with replacement) as a model's
+    samples are: image i of the class ``labels[i]`` (None: of any class). Their mean is the FID a
+    model that samples its training data exactly can expect: the reference for a model's FID."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.argsort(real_labels, stable=True)
+    counts = torch.bincount(real_labels, minlength=int(real_labels.max()) + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    fids = []
+    for _ in range(draws):
+        if labels is None:
+            picks = torch.randint(len(real), (size,), generator=generator)
+        else:
+            picks = order[starts[labels] + (torch.rand(len(labels), generator=generator) * counts[labels]).long()]
+        fids.append(quality(classifier, real[picks], real)["fid"])
+    return fids
+
+
+def perfect_reference(classifier: DigitClassifier, real: torch.Tensor, real_labels: torch.Tensor,
+                      labels: torch.Tensor | None, args: argparse.Namespace) -> float:
+    """Print the perfect model's FIDs for these labels (None: an unconditional model); their mean."""
+    fids = perfect_model(classifier, real, real_labels, labels, args.num_samples, args.perfect_draws, args.seed)
+    mean = sum(fids) / len(fids)
+    print(f"perfect model ({args.perfect_draws} draws of {args.num_samples} training images, i.i.d."
+          f"{f', {args.labels} labels' if labels is not None else ''}): FID mean {mean:.2f}"
+          f" (min {min(fids):.2f}, max {max(fids):.2f})")
+    return mean
+
+
 def real_floor(classifier: DigitClassifier, real: torch.Tensor, size: int, subsets: int, seed: int) -> list[float]:
-    """FID of ``subsets`` disjoint random sets of ``size`` real images against all of them: the best a
-    model can score with ``size`` samples (the floor its FID is judged against)."""
+    """FID of ``subsets`` disjoint random sets of ``size`` real images against all of them: real vs
+    real, the floor. Drawn without replacement from the reference itself, such a set varies less
+    than i.i.d. samples do, so it scores below :func:`perfect_model`."""
     if subsets * size > len(real):
         raise UserError(f"--real-subsets: {subsets} disjoint sets of {size} need {subsets * size} images,"
                         f" the digits have {len(real)}")
@@ -183,9 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samplers", nargs="+", default=["default", "ddim:50"],
                         help="sampler[:steps] list; 'default' uses the checkpoint's sample section")
     parser.add_argument("--num-samples", type=positive_int, default=500)
-    parser.add_argument("--seed", type=int, default=1, help="seed of the samples and of the real-vs-real subsets")
-    parser.add_argument("--real-subsets", type=positive_int, default=1,
-                        help="average the real-data floor over this many disjoint real subsets of --num-samples images")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the samples, their labels and both references")
+    parser.add_argument("--real-subsets", type=non_negative_int, default=1,
+                        help="average real vs real over this many disjoint real subsets of --num-samples images (0: skip)")
+    parser.add_argument("--perfect-draws", type=positive_int, default=20,
+                        help="average the perfect model (training images drawn as the samples are) over this many draws")
+    parser.add_argument("--labels", choices=("stratified", "drawn"), default="stratified",
+                        help="a class model's labels: in the data's class proportions, or drawn independently from them")
     parser.add_argument("--root", default="Data", help="data root: the digits cache and the classifier live under it")
     parser.add_argument("--no-ema", action="store_true", help="score the raw weights instead of the EMA weights")
     add_ema_length_flag(parser, multiple=True)
@@ -209,18 +253,25 @@ def main(argv: list[str] | None = None) -> int:
                    for spec in args.samplers]
     classifier = trained_classifier(args.root)
     real, real_labels = digits_data(args.root)
-    floor = real_floor(classifier, real, args.num_samples, args.real_subsets, args.seed)
-    print(f"real vs real ({args.real_subsets} disjoint sets of {args.num_samples} training images): FID "
-          f"{' '.join(f'{f:.2f}' for f in floor)}, mean {sum(floor) / len(floor):.2f}")
+    if args.real_subsets:
+        floor = real_floor(classifier, real, args.num_samples, args.real_subsets, args.seed)
+        print(f"real vs real ({args.real_subsets} disjoint sets of {args.num_samples} training images): FID "
+              f"{' '.join(f'{f:.2f}' for f in floor)}, mean {sum(floor) / len(floor):.2f}")
+    labels = data_distribution(real_labels.numpy(), args.num_samples, args.seed, stratified=args.labels == "stratified")
     if not models:
+        for class_labels in (None, labels):
+            perfect_reference(classifier, real, real_labels, class_labels, args)
         return 0
+    if not cfg.model.num_classes:
+        labels = None
+    reference = perfect_reference(classifier, real, real_labels, labels, args)
     print(f"checkpoint {models[0].path} at step {models[0].step}")
-    labels = data_distribution(real_labels.numpy(), args.num_samples, args.seed) if cfg.model.num_classes else None
     if labels is not None:
-        print(f"class-conditional: labels drawn from the training data, guidance scale {cfg.sample.guidance_scale}")
+        print(f"class-conditional: labels {'in' if args.labels == 'stratified' else 'drawn from'} the training data's"
+              f" class mix, guidance scale {cfg.sample.guidance_scale}")
     reference_config = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=args.root))  # the reference images
-    print("| weights | sampler | steps | FID (classifier) | min class % | max class % | confident % | seconds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| weights | sampler | steps | FID (classifier) | x perfect | min class % | max class % | confident % | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for loaded in models:
         for option in options:
             start = time.perf_counter()
@@ -229,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - start
             q = quality(classifier, samples, real)
             sampler = f"{option.sampler} ({option.ddpm_variance})" if option.sampler == "ddpm" else option.sampler
-            print(f"| {loaded.weights} | {sampler} | {option.steps} | {q['fid']:.2f} | {100 * q['min_class_share']:.1f} | "
+            print(f"| {loaded.weights} | {sampler} | {option.steps} | {q['fid']:.2f} | {q['fid'] / reference:.2f} | "
+                  f"{100 * q['min_class_share']:.1f} | "
                   f"{100 * q['max_class_share']:.1f} | {100 * q['confident']:.1f} | {seconds:.1f} |", flush=True)
     return 0
 

@@ -32,15 +32,25 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
+def bounded_int(text: str, minimum: int, expected: str) -> int:
+    """``text`` as an integer >= ``minimum``, or an argparse error saying ``expected``."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return bounded_int(text, 0, "an integer >= 0")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return bounded_int(text, 1, "a positive integer")
 
 
 def ema_length(text: str) -> float | Literal["config"] | None:

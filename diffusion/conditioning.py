@@ -122,11 +122,27 @@ def data_conditions(cfg: Config, num_samples: int, seed: int) -> Conditions:
     from diffusion.data import prepare_labeled_dataset
 
     _, labels = prepare_labeled_dataset(cfg.data)
-    return Conditions(data_distribution(labels.values, num_samples, seed), None, {"labels": "drawn from the training data"})
+    return Conditions(data_distribution(labels.values, num_samples, seed), None, {"labels": "in the training data's proportions"})
 
 
-def data_distribution(labels: np.ndarray, num_samples: int, seed: int) -> torch.Tensor:
-    """Labels of ``num_samples`` samples drawn from the training labels (with replacement,
-    seeded): FID compares with the data, so the samples follow its class (or attribute) mix."""
-    rows = np.random.default_rng([seed, 17]).integers(0, len(labels), num_samples)
-    return torch.from_numpy(np.asarray(labels[rows], dtype=np.int64))
+def data_distribution(labels: np.ndarray, num_samples: int, seed: int, stratified: bool = True) -> torch.Tensor:
+    """Labels of ``num_samples`` samples in the proportions of the training labels (N,) or (N, A),
+    in seeded random order: FID compares with the data, so the samples follow its class (or
+    attribute) mix.
+
+    ``stratified``: systematic sampling of the sorted labels, one random offset and then every
+    N / num_samples-th row, so each class (or attribute combination) of share p gets floor or ceil
+    of p num_samples samples. Drawing them independently instead (``stratified=False``, with
+    replacement) adds the draw's deviation from the data's mix to every FID, model or not: for the
+    digits at 500 samples it raised a perfect model's expected FID from 18.9 to 28.3
+    (docs/results.md#the-floor-and-the-label-draw).
+    """
+    rng = np.random.default_rng([seed, 17])
+    if stratified:
+        rows = labels.reshape(len(labels), -1)
+        ordered = np.lexsort(rows.T[::-1])  # equal labels contiguous
+        picks = ordered[np.floor((rng.random() + np.arange(num_samples)) * len(labels) / num_samples).astype(np.int64)]
+        picks = picks[rng.permutation(num_samples)]
+    else:
+        picks = rng.integers(0, len(labels), num_samples)
+    return torch.from_numpy(np.asarray(labels[picks], dtype=np.int64))

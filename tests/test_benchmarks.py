@@ -402,12 +402,20 @@ def test_digits_quality_samples_a_class_model_in_the_data_class_mix(repo_root, t
     monkeypatch.setattr(digits_quality, "generate_from", spy)
     assert digits_quality.main(["--checkpoint", str(run), "--samplers", "ddim:2", "--num-samples", "200",
                                 "--root", str(tmp_path / "Data")]) == 0
-    assert "class-conditional: labels drawn from the training data, guidance scale 2.0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "class-conditional: labels in the training data's class mix, guidance scale 2.0" in out
+    assert "stratified labels): FID mean" in out and "| x perfect |" in out
+    share = torch.bincount(digits_quality.digits_data(str(tmp_path / "Data"))[1], minlength=10) / 1797
     counts = torch.bincount(asked[0], minlength=10)
-    assert len(asked[0]) == 200 and counts.min() >= 8 and counts.max() <= 35  # about 20 per digit, as in the data
+    assert len(asked[0]) == 200 and ((counts - 200 * share).abs() < 1).all()  # the data's class mix exactly
+    assert digits_quality.main(["--checkpoint", str(run), "--samplers", "ddim:2", "--num-samples", "200",
+                                "--root", str(tmp_path / "Data"), "--labels", "drawn", "--real-subsets", "0"]) == 0
+    assert "labels drawn from the training data's class mix" in capsys.readouterr().out
+    counts = torch.bincount(asked[1], minlength=10)
+    assert ((counts - 200 * share).abs() >= 1).any() and counts.min() >= 8 and counts.max() <= 35  # about 20 per digit
     assert digits_quality.main(["--checkpoint", str(run), "--samplers", "ddim:2", "--num-samples", "20",
                                 "--root", str(tmp_path / "Data"), "--guidance-scale", "0.5"]) == 0
-    assert "guidance scale 0.5" in capsys.readouterr().out and scales == [2.0, 0.5]
+    assert "guidance scale 0.5" in capsys.readouterr().out and scales == [2.0, 2.0, 0.5]
     plain = digits_run(repo_root, tmp_path / "plain", "model.num_classes=0")
     with pytest.raises(UserError, match="--guidance-scale: the model is unconditional"):
         digits_quality.main(["--checkpoint", str(plain), "--guidance-scale", "2"])
@@ -436,22 +444,45 @@ def test_digits_quality_real_subsets_average_the_floor_over_disjoint_sets(monkey
     torch.manual_seed(0)
     real = torch.rand(30, 1, 16, 16) * 2 - 1
     monkeypatch.setattr(digits_quality, "trained_classifier", lambda root: digits_quality.DigitClassifier().eval())
-    monkeypatch.setattr(digits_quality, "digits_data", lambda root: (real, None))
+    monkeypatch.setattr(digits_quality, "digits_data", lambda root: (real, torch.arange(30) % 3))
     before = torch.get_num_threads()
     try:
-        assert digits_quality.main(["--real-subsets", "3", "--num-samples", "10", "--threads", "1"]) == 0
+        assert digits_quality.main(["--real-subsets", "3", "--num-samples", "10", "--threads", "1",
+                                    "--perfect-draws", "2"]) == 0
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("real vs real (3 disjoint sets of 10 training images): FID ")
-    assert len(line.split("FID ")[1].split(", mean")[0].split()) == 3
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("real vs real (3 disjoint sets of 10 training images): FID ")
+    assert len(lines[0].split("FID ")[1].split(", mean")[0].split()) == 3
+    assert lines[1].startswith("perfect model (2 draws of 10 training images, i.i.d.): FID mean ")
+    assert lines[2].startswith("perfect model (2 draws of 10 training images, i.i.d., stratified labels): FID mean ")
     fids = digits_quality.real_floor(digits_quality.DigitClassifier().eval(), real, 10, 3, seed=1)
     assert len(set(fids)) == 3  # three different subsets
     with pytest.raises(UserError, match="--real-subsets: 4 disjoint sets of 10 need 40 images, the digits have 30"):
         digits_quality.main(["--real-subsets", "4", "--num-samples", "10"])
-    with pytest.raises(UserError, match="--real-subsets: expected a positive integer, got 0"):
-        digits_quality.main(["--real-subsets", "0"])
+    assert digits_quality.main(["--real-subsets", "0", "--num-samples", "40", "--perfect-draws", "1"]) == 0
+    assert [line.split(" (")[0] for line in capsys.readouterr().out.splitlines()] == ["perfect model"] * 2  # no real vs real
+    with pytest.raises(UserError, match="--real-subsets: expected an integer >= 0, got -1"):
+        digits_quality.main(["--real-subsets", "-1"])
+    with pytest.raises(UserError, match="--perfect-draws: expected a positive integer, got 0"):
+        digits_quality.main(["--perfect-draws", "0"])
+
+
+def test_the_perfect_model_draws_training_images_as_the_samples_are(monkeypatch):
+    """Image i of the class asked for by label i (16 of class 0, from its 10: with replacement); any image without labels."""
+    real_labels = torch.arange(30) % 3
+    real = real_labels.float().view(30, 1, 1, 1).expand(30, 1, 16, 16) + torch.arange(30).view(30, 1, 1, 1) / 100
+    drawn = []
+    monkeypatch.setattr(digits_quality, "quality", lambda classifier, images, reference: drawn.append(images) or {"fid": len(drawn)})
+    asked = torch.tensor([2, 0, 1, 1, 2, 2, 0, 0, 0, 1] * 4)
+    fids = digits_quality.perfect_model(None, real, real_labels, asked, 40, draws=3, seed=5)
+    assert fids == [1, 2, 3] and all(len(images) == 40 for images in drawn)
+    for images in drawn:
+        assert torch.equal(images[:, 0, 0, 0].floor().long(), asked)  # each of its class
+    assert len({tuple(images[:, 0, 0, 0].tolist()) for images in drawn}) == 3  # independent draws
+    plain = digits_quality.perfect_model(None, real, real_labels, None, 40, draws=1, seed=5)
+    assert plain == [4] and len(set(drawn[-1][:, 0, 0, 0].floor().tolist())) == 3  # every class turns up
 
 
 def test_digits_quality_refuses_other_models(repo_root, tmp_path):

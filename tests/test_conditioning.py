@@ -219,9 +219,24 @@ def test_sampling_conditions_default_to_every_class_and_refuse_the_wrong_flag():
 
 def test_fid_labels_follow_the_data():
     labels = torch.cat([torch.zeros(900), torch.ones(100)]).long().numpy()
-    drawn = data_distribution(labels, 5000, seed=0)
-    assert abs(drawn.float().mean().item() - 0.1) < 0.015
-    assert torch.equal(drawn, data_distribution(labels, 5000, seed=0))
+    stratified = data_distribution(labels, 5000, seed=0)
+    assert stratified.sum().item() == 500  # exactly the data's share of each class
+    assert torch.equal(stratified, data_distribution(labels, 5000, seed=0))
+    assert not torch.equal(stratified, data_distribution(labels, 5000, seed=1))  # another order
+    assert stratified[:50].sum() not in (0, 50)  # in random order, not sorted
+    for seed in range(20):  # every count is the floor or the ceiling of its share
+        assert data_distribution(labels, 7, seed).sum().item() in (0, 1)
+    drawn = data_distribution(labels, 5000, seed=0, stratified=False)
+    assert abs(drawn.float().mean().item() - 0.1) < 0.015 and drawn.sum().item() != 500
+    assert torch.equal(drawn, data_distribution(labels, 5000, seed=0, stratified=False))
+
+
+def test_fid_attribute_labels_follow_the_data_combinations():
+    rows = np.array([[0, 1]] * 600 + [[1, 0]] * 300 + [[1, 1]] * 100)[np.random.default_rng(0).permutation(1000)]
+    picked = data_distribution(rows, 100, seed=3)
+    assert picked.shape == (100, 2)
+    combos = {tuple(r): n for r, n in zip(*np.unique(picked.numpy(), axis=0, return_counts=True), strict=True)}
+    assert combos == {(0, 1): 60, (1, 0): 30, (1, 1): 10}
 
 
 @pytest.mark.parametrize(("sections", "message"), [
