@@ -40,6 +40,7 @@ from benchmarks.digits_quality import (
     DigitClassifier,
     digits_data,
     quality,
+    real_statistics,
     sampler_options,
     trained_classifier,
 )
@@ -47,6 +48,7 @@ from diffusion.cli import config_path
 from diffusion.config import load_config
 from diffusion.device import cpu_has_bf16
 from diffusion.errors import UserError, run_cli
+from diffusion.fid import ReferenceStatistics
 from diffusion.generate import load_model
 from diffusion.samplers import generate_from
 from diffusion.trainer import train
@@ -107,14 +109,15 @@ def train_run(precision: str, seed: int, steps: int, out: Path, emulate: bool, r
 
 
 def sample_quality(
-    run_dir: Path, precision: str, num_samples: int, emulate: bool, classifier: DigitClassifier, real: torch.Tensor,
+    run_dir: Path, precision: str, num_samples: int, emulate: bool, classifier: DigitClassifier,
+    reference: ReferenceStatistics,
 ) -> dict[str, float]:
     loaded = load_model(run_dir)
     options = sampler_options("default", loaded.config.sample, num_samples, seed=1, timesteps=loaded.schedule.timesteps)
     dtype = torch.bfloat16 if precision == "bf16" else None
     with bf16_kernels(precision, emulate):
         samples = generate_from(loaded.model, loaded.schedule, options, autocast_dtype=dtype)
-    return quality(classifier, samples, real)
+    return quality(classifier, samples, reference)
 
 
 def band(values: list[float]) -> str:
@@ -145,12 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     for step in sorted(losses["fp32", args.seeds[0]]):
         cells = [band([losses[p, s][step] for s in args.seeds]) for p in PRECISIONS]
         print(f"| {step} | {cells[0]} | {cells[1]} |")
-    classifier, (real, _) = trained_classifier(args.root), digits_data(args.root)
+    classifier = trained_classifier(args.root)
+    reference = real_statistics(classifier, digits_data(args.root)[0])
     print("\n| trained in | seed | sampled in | FID (classifier) | confident % | min class % |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     for (precision, seed), run in runs.items():
         for sampled in [precision] + [p for p in PRECISIONS if p != precision and args.cross_sample]:
-            q = sample_quality(run, sampled, args.num_samples, emulate, classifier, real)
+            q = sample_quality(run, sampled, args.num_samples, emulate, classifier, reference)
             print(f"| {precision} | {seed} | {sampled} | {q['fid']:.1f} | {100 * q['confident']:.1f} |"
                   f" {100 * q['min_class_share']:.1f} |", flush=True)
 

@@ -54,7 +54,7 @@ from diffusion.conditioning import data_distribution
 from diffusion.config import SampleConfig, check_sampling
 from diffusion.data import prepare_dataset
 from diffusion.errors import UserError, run_cli
-from diffusion.fid import compare_image_sets
+from diffusion.fid import ReferenceStatistics, compare_to_reference, compute_reference_statistics
 from diffusion.generate import analytic_moments, load_model
 from diffusion.media import to_uint8
 from diffusion.samplers import DDPM_VARIANCES, SAMPLERS, generate_from
@@ -143,11 +143,23 @@ class ClassifierFeatures(nn.Module):
         return self.classifier.features(images[:, :1].float() / 127.5 - 1)
 
 
+def hwc_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) images in [-1, 1] as the uint8 (N, H, W, C) arrays the FID functions take."""
+    return to_uint8(images).permute(0, 2, 3, 1).numpy()
+
+
 @torch.no_grad()
-def quality(classifier: DigitClassifier, samples: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-    """FID (classifier features), class-histogram balance and share of confident samples."""
-    as_uint8 = lambda x: to_uint8(x).permute(0, 2, 3, 1).numpy()  # noqa: E731
-    fid = compare_image_sets(as_uint8(real), as_uint8(samples), ClassifierFeatures(classifier), kid=False).fid
+def real_statistics(classifier: DigitClassifier, real: torch.Tensor) -> ReferenceStatistics:
+    """The FID statistics of the real images in the classifier's features: computed once, every
+    sample set (and every real-vs-real or perfect-model set) is scored against them."""
+    return compute_reference_statistics(hwc_uint8(real), ClassifierFeatures(classifier))
+
+
+@torch.no_grad()
+def quality(classifier: DigitClassifier, samples: torch.Tensor, reference: ReferenceStatistics) -> dict[str, float]:
+    """FID against ``reference`` (classifier features), class-histogram balance and share of
+    confident samples."""
+    fid = compare_to_reference(hwc_uint8(samples), reference, ClassifierFeatures(classifier), kid=False).fid
     probs = classifier(samples).softmax(1)
     hist = torch.bincount(probs.argmax(1), minlength=10).float() / len(samples)
     return {
@@ -176,8 +188,8 @@ def sampler_options(spec: str, sample: SampleConfig, num_samples: int, seed: int
     return options
 
 
-def perfect_model(classifier: DigitClassifier, real: torch.Tensor, real_labels: torch.Tensor, labels: torch.Tensor | None,
-                  size: int, draws: int, seed: int) -> list[float]:
+def perfect_model(classifier: DigitClassifier, real: torch.Tensor, reference: ReferenceStatistics, real_labels: torch.Tensor,
+                  labels: torch.Tensor | None, size: int, draws: int, seed: int) -> list[float]:
     """FID of ``draws`` sets of ``size`` training images drawn i.i.d. (with replacement) as a model's
     samples are: image i of the class ``labels[i]`` (None: of any class). Their mean is the FID a
     model that samples its training data exactly can expect: the reference for a model's FID."""
@@ -191,14 +203,14 @@ def perfect_model(classifier: DigitClassifier, real: torch.Tensor, real_labels: 
             picks = torch.randint(len(real), (size,), generator=generator)
         else:
             picks = order[starts[labels] + (torch.rand(len(labels), generator=generator) * counts[labels]).long()]
-        fids.append(quality(classifier, real[picks], real)["fid"])
+        fids.append(quality(classifier, real[picks], reference)["fid"])
     return fids
 
 
-def perfect_reference(classifier: DigitClassifier, real: torch.Tensor, real_labels: torch.Tensor,
-                      labels: torch.Tensor | None, args: argparse.Namespace) -> float:
+def perfect_reference(classifier: DigitClassifier, real: torch.Tensor, reference: ReferenceStatistics,
+                      real_labels: torch.Tensor, labels: torch.Tensor | None, args: argparse.Namespace) -> float:
     """Print the perfect model's FIDs for these labels (None: an unconditional model); their mean."""
-    fids = perfect_model(classifier, real, real_labels, labels, args.num_samples, args.perfect_draws, args.seed)
+    fids = perfect_model(classifier, real, reference, real_labels, labels, args.num_samples, args.perfect_draws, args.seed)
     mean = sum(fids) / len(fids)
     print(f"perfect model ({args.perfect_draws} draws of {args.num_samples} training images, i.i.d."
           f"{f', {args.labels} labels' if labels is not None else ''}): FID mean {mean:.2f}"
@@ -206,7 +218,8 @@ def perfect_reference(classifier: DigitClassifier, real: torch.Tensor, real_labe
     return mean
 
 
-def real_floor(classifier: DigitClassifier, real: torch.Tensor, size: int, subsets: int, seed: int) -> list[float]:
+def real_floor(classifier: DigitClassifier, real: torch.Tensor, reference: ReferenceStatistics, size: int, subsets: int,
+               seed: int) -> list[float]:
     """FID of ``subsets`` disjoint random sets of ``size`` real images against all of them: real vs
     real, the floor. Drawn without replacement from the reference itself, such a set varies less
     than i.i.d. samples do, so it scores below :func:`perfect_model`."""
@@ -214,7 +227,7 @@ def real_floor(classifier: DigitClassifier, real: torch.Tensor, size: int, subse
         raise UserError(f"--real-subsets: {subsets} disjoint sets of {size} need {subsets * size} images,"
                         f" the digits have {len(real)}")
     order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
-    return [quality(classifier, real[idx], real)["fid"] for idx in order[: subsets * size].split(size)]
+    return [quality(classifier, real[idx], reference)["fid"] for idx in order[: subsets * size].split(size)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,18 +266,18 @@ def main(argv: list[str] | None = None) -> int:
                    for spec in args.samplers]
     classifier = trained_classifier(args.root)
     real, real_labels = digits_data(args.root)
+    reference = real_statistics(classifier, real)
     if args.real_subsets:
-        floor = real_floor(classifier, real, args.num_samples, args.real_subsets, args.seed)
+        floor = real_floor(classifier, real, reference, args.num_samples, args.real_subsets, args.seed)
         print(f"real vs real ({args.real_subsets} disjoint sets of {args.num_samples} training images): FID "
               f"{' '.join(f'{f:.2f}' for f in floor)}, mean {sum(floor) / len(floor):.2f}")
-    labels = data_distribution(real_labels.numpy(), args.num_samples, args.seed, stratified=args.labels == "stratified")
+    class_labels = data_distribution(real_labels.numpy(), args.num_samples, args.seed, stratified=args.labels == "stratified")
     if not models:
-        for class_labels in (None, labels):
-            perfect_reference(classifier, real, real_labels, class_labels, args)
+        for labels in (None, class_labels):
+            perfect_reference(classifier, real, reference, real_labels, labels, args)
         return 0
-    if not cfg.model.num_classes:
-        labels = None
-    reference = perfect_reference(classifier, real, real_labels, labels, args)
+    labels = class_labels if cfg.model.num_classes else None
+    perfect = perfect_reference(classifier, real, reference, real_labels, labels, args)
     print(f"checkpoint {models[0].path} at step {models[0].step}")
     if labels is not None:
         print(f"class-conditional: labels {'in' if args.labels == 'stratified' else 'drawn from'} the training data's"
@@ -278,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             moments = analytic_moments(loaded.model, loaded.schedule, reference_config, option)
             samples = generate_from(loaded.model, loaded.schedule, option, labels=labels, eps_moments=moments)
             seconds = time.perf_counter() - start
-            q = quality(classifier, samples, real)
+            q = quality(classifier, samples, reference)
             sampler = f"{option.sampler} ({option.ddpm_variance})" if option.sampler == "ddpm" else option.sampler
-            print(f"| {loaded.weights} | {sampler} | {option.steps} | {q['fid']:.2f} | {q['fid'] / reference:.2f} | "
+            print(f"| {loaded.weights} | {sampler} | {option.steps} | {q['fid']:.2f} | {q['fid'] / perfect:.2f} | "
                   f"{100 * q['min_class_share']:.1f} | "
                   f"{100 * q['max_class_share']:.1f} | {100 * q['confident']:.1f} | {seconds:.1f} |", flush=True)
     return 0

@@ -134,8 +134,8 @@ def data_distribution(labels: np.ndarray, num_samples: int, seed: int, stratifie
     N / num_samples-th row, so each class (or attribute combination) of share p gets floor or ceil
     of p num_samples samples. Drawing them independently instead (``stratified=False``, with
     replacement) adds the draw's deviation from the data's mix to every FID, model or not: for the
-    digits at 500 samples it raised a perfect model's expected FID from 18.9 to 28.3
-    (docs/results.md#the-floor-and-the-label-draw).
+    digits at 500 samples it raised a perfect model's expected FID from 18.2 to 28.3 on average
+    over draws (docs/results.md#the-floor-and-the-label-draw).
     """
     rng = np.random.default_rng([seed, 17])
     if stratified:

@@ -457,7 +457,8 @@ def test_digits_quality_real_subsets_average_the_floor_over_disjoint_sets(monkey
     assert len(lines[0].split("FID ")[1].split(", mean")[0].split()) == 3
     assert lines[1].startswith("perfect model (2 draws of 10 training images, i.i.d.): FID mean ")
     assert lines[2].startswith("perfect model (2 draws of 10 training images, i.i.d., stratified labels): FID mean ")
-    fids = digits_quality.real_floor(digits_quality.DigitClassifier().eval(), real, 10, 3, seed=1)
+    classifier = digits_quality.DigitClassifier().eval()
+    fids = digits_quality.real_floor(classifier, real, digits_quality.real_statistics(classifier, real), 10, 3, seed=1)
     assert len(set(fids)) == 3  # three different subsets
     with pytest.raises(UserError, match="--real-subsets: 4 disjoint sets of 10 need 40 images, the digits have 30"):
         digits_quality.main(["--real-subsets", "4", "--num-samples", "10"])
@@ -476,12 +477,12 @@ def test_the_perfect_model_draws_training_images_as_the_samples_are(monkeypatch)
     drawn = []
     monkeypatch.setattr(digits_quality, "quality", lambda classifier, images, reference: drawn.append(images) or {"fid": len(drawn)})
     asked = torch.tensor([2, 0, 1, 1, 2, 2, 0, 0, 0, 1] * 4)
-    fids = digits_quality.perfect_model(None, real, real_labels, asked, 40, draws=3, seed=5)
+    fids = digits_quality.perfect_model(None, real, None, real_labels, asked, 40, draws=3, seed=5)
     assert fids == [1, 2, 3] and all(len(images) == 40 for images in drawn)
     for images in drawn:
         assert torch.equal(images[:, 0, 0, 0].floor().long(), asked)  # each of its class
     assert len({tuple(images[:, 0, 0, 0].tolist()) for images in drawn}) == 3  # independent draws
-    plain = digits_quality.perfect_model(None, real, real_labels, None, 40, draws=1, seed=5)
+    plain = digits_quality.perfect_model(None, real, None, real_labels, None, 40, draws=1, seed=5)
     assert plain == [4] and len(set(drawn[-1][:, 0, 0, 0].floor().tolist())) == 3  # every class turns up
 
 
@@ -527,6 +528,7 @@ def test_bf16_check_flags_choose_the_kernels(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cpu_bf16, "logged_losses", lambda run: {10: 0.5})
     monkeypatch.setattr(cpu_bf16, "sample_quality", lambda *a: {"fid": 1.0, "confident": 1.0, "min_class_share": 0.1})
     monkeypatch.setattr(cpu_bf16, "trained_classifier", lambda root: None)
+    monkeypatch.setattr(cpu_bf16, "real_statistics", lambda classifier, real: None)
     for kernels, has_bf16, expected in (("auto", False, True), ("auto", True, False), ("native", False, False),
                                         ("emulated", True, True)):
         monkeypatch.setattr(cpu_bf16, "cpu_has_bf16", lambda v=has_bf16: v)
